@@ -1,0 +1,323 @@
+"""Configurations of the mm model family: one config per tower, composed into `MMConfig` the way SigLIP
+composes its towers (`transformers/models/siglip/configuration_siglip.py`).
+
+This file is also Hub remote code: `save_pretrained` copies it flat next to the weights, so it may import
+only `transformers` and the standard library.
+"""
+
+from transformers import PreTrainedConfig
+
+# Attention back-ends the encoders dispatch to through transformers' attention interface.
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
+LOSS_TYPES = ("clip", "siglip")
+MODALITIES = ("text", "image", "audio")
+
+
+def _check_positive(config, *names):
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{type(config).__name__}.{name} must be a positive number, got {value!r}.")
+
+
+def _check_heads(config):
+    if config.hidden_size % config.num_attention_heads != 0:
+        raise ValueError(
+            f"{type(config).__name__}.hidden_size ({config.hidden_size}) must be divisible by num_attention_heads "
+            f"({config.num_attention_heads}); choose a head count that divides it, e.g. "
+            f"{[h for h in (1, 2, 4, 8, 12, 16) if config.hidden_size % h == 0]}."
+        )
+
+
+def _check_attn_implementation(config):
+    impl = getattr(config, "_attn_implementation_internal", None)
+    if impl is not None and impl not in ATTENTION_IMPLEMENTATIONS and not _is_registered_attention(impl):
+        raise ValueError(
+            f"{type(config).__name__}: unknown attn_implementation {impl!r}; choose one of "
+            f"{list(ATTENTION_IMPLEMENTATIONS)} or a function registered with AttentionInterface."
+        )
+
+
+def _is_registered_attention(name):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return isinstance(name, str) and (name in ALL_ATTENTION_FUNCTIONS or name.startswith("kernels-community/"))
+
+
+class _MMEncoderConfig(PreTrainedConfig):
+    """Fields every transformer tower shares; each tower adds its input-specific ones."""
+
+    def __init__(
+        self,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        hidden_act="gelu",
+        layer_norm_eps=1e-6,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+        initializer_range=0.02,
+        **kwargs,
+    ):
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.attention_dropout = attention_dropout
+        self.hidden_dropout = hidden_dropout
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
+        _check_positive(self, "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+        _check_heads(self)
+        for name in ("attention_dropout", "hidden_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{type(self).__name__}.{name} must be in [0, 1), got {value!r}.")
+        _check_attn_implementation(self)
+
+
+class MMTextConfig(_MMEncoderConfig):
+    r"""Text tower: a bidirectional transformer over token ids, mean-pooled over non-padding tokens.
+
+    Args:
+        vocab_size (`int`): size of the tokenizer's vocabulary (`len(tokenizer)`).
+        max_position_embeddings (`int`): the longest text (in tokens) the model accepts.
+        pad_token_id, bos_token_id, eos_token_id (`int`): the tokenizer's special ids.
+        Other arguments: see `_MMEncoderConfig` (hidden_size, layers, heads, ...).
+
+    Example:
+    ```python
+    >>> from configuration_mm import MMTextConfig
+    >>> MMTextConfig(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    ```
+    """
+
+    model_type = "mm_text_model"
+    base_config_key = "text_config"
+
+    def __init__(
+        self,
+        vocab_size=8192,
+        max_position_embeddings=64,
+        hidden_size=512,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        num_attention_heads=8,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.max_position_embeddings = max_position_embeddings
+        super().__init__(
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_hidden_layers=num_hidden_layers,
+            num_attention_heads=num_attention_heads,
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            **kwargs,
+        )
+        _check_positive(self, "vocab_size", "max_position_embeddings")
+
+
+class MMVisionConfig(_MMEncoderConfig):
+    r"""Vision tower: a ViT over non-overlapping `patch_size` patches of an `image_size` RGB image.
+
+    Example:
+    ```python
+    >>> from configuration_mm import MMVisionConfig
+    >>> MMVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+    ...                num_hidden_layers=2, num_attention_heads=4)
+    ```
+    """
+
+    model_type = "mm_vision_model"
+    base_config_key = "vision_config"
+
+    def __init__(self, image_size=224, patch_size=16, num_channels=3, **kwargs):
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        super().__init__(**kwargs)
+        _check_positive(self, "image_size", "patch_size", "num_channels")
+        if image_size % patch_size != 0:
+            raise ValueError(
+                f"MMVisionConfig.image_size ({image_size}) must be a multiple of patch_size ({patch_size})."
+            )
+
+    @property
+    def num_patches(self):
+        return (self.image_size // self.patch_size) ** 2
+
+
+class MMAudioConfig(_MMEncoderConfig):
+    r"""Audio tower: log-mel frames -> two strided 1-D convolutions (Whisper's stem, 2x downsampling in time)
+    -> a transformer, mean-pooled over the valid frames.
+
+    Args:
+        num_mel_bins (`int`): mel channels of the input features (must match `MMFeatureExtractor.feature_size`).
+        max_source_positions (`int`): the most frames after the stem, i.e. `max_frames // 2`.
+
+    Example:
+    ```python
+    >>> from configuration_mm import MMAudioConfig
+    >>> MMAudioConfig(num_mel_bins=32, max_source_positions=64, hidden_size=32, intermediate_size=64,
+    ...               num_hidden_layers=2, num_attention_heads=4)
+    ```
+    """
+
+    model_type = "mm_audio_model"
+    base_config_key = "audio_config"
+
+    def __init__(self, num_mel_bins=80, max_source_positions=500, **kwargs):
+        self.num_mel_bins = num_mel_bins
+        self.max_source_positions = max_source_positions
+        super().__init__(**kwargs)
+        _check_positive(self, "num_mel_bins", "max_source_positions")
+
+
+class MMConfig(PreTrainedConfig):
+    r"""The mm model: text, vision and audio towers projected into one embedding space (CLIP/ImageBind style).
+
+    Args:
+        text_config, vision_config, audio_config (`dict` or the tower's config): the towers.
+        projection_dim (`int`): size of the joint embedding space.
+        loss_type (`str`): `"clip"` (softmax InfoNCE with a learnable temperature) or `"siglip"`
+            (pairwise sigmoid with a learnable temperature and bias).
+        logit_scale_init_value (`float`): initial log of the temperature's inverse (CLIP: ln(1/0.07)).
+        logit_bias_init_value (`float`): initial bias of the sigmoid loss (SigLIP: -10).
+        caption_loss_weight, contrastive_loss_weight: weights of the captioning and contrastive losses when the
+            generation head trains on both (CoCa style); see `MMForConditionalGeneration`.
+
+    Example:
+    ```python
+    >>> from configuration_mm import MMConfig
+    >>> config = MMConfig.from_preset("tiny")
+    >>> config.vision_config.image_size
+    32
+    ```
+    """
+
+    model_type = "mm"
+    sub_configs = {"text_config": MMTextConfig, "vision_config": MMVisionConfig, "audio_config": MMAudioConfig}
+
+    def __init__(
+        self,
+        text_config=None,
+        vision_config=None,
+        audio_config=None,
+        projection_dim=512,
+        loss_type="clip",
+        logit_scale_init_value=2.6592,
+        logit_bias_init_value=-10.0,
+        caption_loss_weight=1.0,
+        contrastive_loss_weight=0.0,
+        **kwargs,
+    ):
+        self.text_config = _as_config(MMTextConfig, text_config)
+        self.vision_config = _as_config(MMVisionConfig, vision_config)
+        self.audio_config = _as_config(MMAudioConfig, audio_config)
+        self.projection_dim = projection_dim
+        self.loss_type = loss_type
+        self.logit_scale_init_value = logit_scale_init_value
+        self.logit_bias_init_value = logit_bias_init_value
+        self.caption_loss_weight = caption_loss_weight
+        self.contrastive_loss_weight = contrastive_loss_weight
+        kwargs.setdefault("auto_map", dict(AUTO_MAP))
+        kwargs.setdefault("custom_pipelines", dict(CUSTOM_PIPELINES))
+        super().__init__(**kwargs)
+        _check_positive(self, "projection_dim")
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"MMConfig.loss_type must be one of {list(LOSS_TYPES)}, got {loss_type!r}.")
+        for name in ("caption_loss_weight", "contrastive_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"MMConfig.{name} must be >= 0, got {getattr(self, name)!r}.")
+        _check_attn_implementation(self)
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        """Builds a named size: `"tiny"` (tests), `"small"` (the CPU default job), `"base"` (~150M parameters).
+
+        `overrides` set fields; a dict for a tower updates that tower's preset, e.g.
+        `MMConfig.from_preset("small", loss_type="siglip", text_config={"vocab_size": 4096})`.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"Unknown mm preset {name!r}; choose one of {sorted(PRESETS)}.")
+        kwargs = {key: dict(value) if isinstance(value, dict) else value for key, value in PRESETS[name].items()}
+        for key, value in overrides.items():
+            kwargs[key] = {**kwargs[key], **value} if isinstance(value, dict) and key in cls.sub_configs else value
+        return cls(**kwargs)
+
+
+def _as_config(config_class, value):
+    if value is None:
+        return config_class()
+    if isinstance(value, dict):
+        return config_class(**value)
+    if isinstance(value, config_class):
+        return value
+    raise ValueError(f"Expected a dict or {config_class.__name__} for {config_class.base_config_key}, got {type(value).__name__}.")
+
+
+# Every Auto class the checkpoint serves; the files named here are saved flat next to the weights.
+AUTO_MAP = {
+    "AutoConfig": "configuration_mm.MMConfig",
+    "AutoModel": "modeling_mm.MMModel",
+    "AutoModelForZeroShotImageClassification": "modeling_mm.MMModel",
+    "AutoModelForImageTextToText": "modeling_mm_generation.MMForConditionalGeneration",
+    "AutoModelForVision2Seq": "modeling_mm_generation.MMForConditionalGeneration",
+    "AutoModelForSpeechSeq2Seq": "modeling_mm_generation.MMForConditionalGeneration",
+    "AutoModelForCausalLM": "modeling_mm_generation.MMForConditionalGeneration",
+}
+# `pipeline()` reads this entry before its own task table, which is what makes "image-to-text" work on
+# every transformers 5.x (the task was removed in 5.0-5.18 and rerouted to image-text-to-text later).
+CUSTOM_PIPELINES = {}
+
+_TINY_ENCODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+PRESETS = {
+    # Tests: hidden 32, 2 layers, 4 heads, 32 px images, 0.5 s of 16 kHz audio (50 mel frames -> 25 positions).
+    "tiny": dict(
+        text_config=dict(vocab_size=512, max_position_embeddings=32, **_TINY_ENCODER),
+        vision_config=dict(image_size=32, patch_size=8, **_TINY_ENCODER),
+        audio_config=dict(num_mel_bins=32, max_source_positions=64, **_TINY_ENCODER),
+        projection_dim=32,
+    ),
+    # The CPU default job: trains in minutes on 2 cores.
+    "small": dict(
+        text_config=dict(
+            vocab_size=2048, max_position_embeddings=48, hidden_size=128, intermediate_size=512,
+            num_hidden_layers=3, num_attention_heads=4,
+        ),
+        vision_config=dict(
+            image_size=64, patch_size=8, hidden_size=128, intermediate_size=512, num_hidden_layers=3,
+            num_attention_heads=4,
+        ),
+        audio_config=dict(
+            num_mel_bins=64, max_source_positions=200, hidden_size=128, intermediate_size=512,
+            num_hidden_layers=3, num_attention_heads=4,
+        ),
+        projection_dim=128,
+    ),
+    # ~150M parameters: ViT-B/16 at 224 px, a 12-layer 512-wide text tower, a 12-layer audio tower.
+    "base": dict(
+        text_config=dict(
+            vocab_size=32000, max_position_embeddings=77, hidden_size=512, intermediate_size=2048,
+            num_hidden_layers=12, num_attention_heads=8,
+        ),
+        vision_config=dict(
+            image_size=224, patch_size=16, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+            num_attention_heads=12,
+        ),
+        audio_config=dict(
+            num_mel_bins=80, max_source_positions=500, hidden_size=512, intermediate_size=2048,
+            num_hidden_layers=12, num_attention_heads=8,
+        ),
+        projection_dim=512,
+    ),
+}
