@@ -304,7 +304,8 @@ PRESETS = {
         ),
         projection_dim=128,
     ),
-    # ~150M parameters: ViT-B/16 at 224 px, a 12-layer 512-wide text tower, a 12-layer audio tower.
+    # ~160M parameters: ViT-B/16 at 224 px (86M), a 12-layer 512-wide text tower (54M with its 32k vocabulary),
+    # a 12-layer 384-wide audio tower (21M).
     "base": dict(
         text_config=dict(
             vocab_size=32000, max_position_embeddings=77, hidden_size=512, intermediate_size=2048,
@@ -315,8 +316,8 @@ PRESETS = {
             num_attention_heads=12,
         ),
         audio_config=dict(
-            num_mel_bins=80, max_source_positions=500, hidden_size=512, intermediate_size=2048,
-            num_hidden_layers=12, num_attention_heads=8,
+            num_mel_bins=80, max_source_positions=500, hidden_size=384, intermediate_size=1536,
+            num_hidden_layers=12, num_attention_heads=6,
         ),
         projection_dim=512,
     ),

@@ -1,0 +1,186 @@
+"""MMModel: text, image and audio in one embedding space (CLIP / ImageBind style) with a contrastive loss."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput
+
+from .modeling_mm_audio import MMAudioModel
+from .modeling_mm_losses import CONTRASTIVE_LOSSES, gather_no_grad, gather_with_grad, hash_powers, text_group_ids
+from .modeling_mm_text import MMTextModel
+from .modeling_mm_utils import MMConfig, MMPreTrainedModel
+from .modeling_mm_vision import MMVisionModel
+
+
+@dataclass
+class MMOutput(ModelOutput):
+    """Output of `MMModel.forward`. Embeddings are L2-normalised; logits are scaled cosine similarities.
+
+    Attributes:
+        loss: contrastive loss averaged over every present modality pair (with `return_loss=True`).
+        logits_per_image: (n_images, n_texts). logits_per_text: its transpose (CLIP's naming).
+        logits_per_audio: (n_audios, n_texts). logits_per_audio_image: (n_audios, n_images).
+        text_embeds, image_embeds, audio_embeds: (n, projection_dim).
+        text_model_output, vision_model_output, audio_model_output: the towers' `BaseModelOutputWithPooling`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    logits_per_audio: torch.FloatTensor | None = None
+    logits_per_audio_image: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    audio_embeds: torch.FloatTensor | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+    audio_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self):
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+
+
+class MMModel(MMPreTrainedModel):
+    """Three towers, each followed by a linear projection into a shared `projection_dim` space.
+
+    `forward` takes any two or three modalities and returns the similarity logits of every present pair; with
+    `return_loss=True` it adds the contrastive loss chosen by `config.loss_type` ("clip" or "siglip"), in which
+    items with the same `labels` (or, without labels, identical texts) are positives of each other.
+
+    Example:
+    ```python
+    >>> import torch
+    >>> from configuration_mm import MMConfig
+    >>> from modeling_mm import MMModel
+    >>> model = MMModel(MMConfig.from_preset("tiny"))
+    >>> out = model(
+    ...     input_ids=torch.randint(3, 512, (4, 8)),
+    ...     pixel_values=torch.randn(4, 3, 32, 32),
+    ...     input_features=torch.randn(4, 32, 50),
+    ...     return_loss=True,
+    ... )
+    >>> out.logits_per_image.shape, out.logits_per_audio.shape, out.loss.ndim
+    (torch.Size([4, 4]), torch.Size([4, 4]), 0)
+    ```
+    """
+
+    config_class = MMConfig
+    main_input_name = "input_ids"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.text_model = MMTextModel._from_config(config.text_config)
+        self.vision_model = MMVisionModel._from_config(config.vision_config)
+        self.audio_model = MMAudioModel._from_config(config.audio_config)
+        self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
+        self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
+        self.audio_projection = nn.Linear(config.audio_config.hidden_size, config.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        # Only SigLIP's loss has a bias; a parameter the loss never touches would get no gradient.
+        self.logit_bias = nn.Parameter(torch.tensor(config.logit_bias_init_value)) if config.loss_type == "siglip" else None
+        self.register_buffer(
+            "text_hash_powers", hash_powers(config.text_config.max_position_embeddings), persistent=False
+        )
+        self.post_init()
+
+    def get_text_features(self, input_ids, attention_mask=None, **kwargs):
+        """L2-normalised text embeddings (B, projection_dim)."""
+        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        return nn.functional.normalize(self.text_projection(outputs.pooler_output), dim=-1)
+
+    def get_image_features(self, pixel_values, **kwargs):
+        """L2-normalised image embeddings (B, projection_dim)."""
+        outputs = self.vision_model(pixel_values=pixel_values, **kwargs)
+        return nn.functional.normalize(self.visual_projection(outputs.pooler_output), dim=-1)
+
+    def get_audio_features(self, input_features, audio_attention_mask=None, **kwargs):
+        """L2-normalised audio embeddings (B, projection_dim)."""
+        outputs = self.audio_model(input_features=input_features, audio_attention_mask=audio_attention_mask, **kwargs)
+        return nn.functional.normalize(self.audio_projection(outputs.pooler_output), dim=-1)
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        pixel_values=None,
+        input_features=None,
+        audio_attention_mask=None,
+        labels=None,
+        return_loss=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        **kwargs,
+    ):
+        """Embeds every modality given, scores every present pair, and (with `return_loss=True`) adds the loss.
+
+        Args:
+            input_ids, attention_mask: tokenized text (B, L).
+            pixel_values: images (B, 3, H, W) from `MMImageProcessor`.
+            input_features, audio_attention_mask: log-mel audio (B, n_mels, T) and its frame mask (B, T).
+            labels: optional (B,) group ids; equal ids are positives. Without them, identical texts are.
+            return_loss: compute the contrastive loss over all present pairs (all modalities must share B).
+        """
+        tower_kwargs = dict(output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        text_out = vision_out = audio_out = None
+        embeds = {}
+        if input_ids is not None:
+            text_out = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **tower_kwargs)
+            embeds["text"] = self.text_projection(text_out.pooler_output)
+        if pixel_values is not None:
+            vision_out = self.vision_model(pixel_values=pixel_values, **tower_kwargs)
+            embeds["image"] = self.visual_projection(vision_out.pooler_output)
+        if input_features is not None:
+            audio_out = self.audio_model(
+                input_features=input_features, audio_attention_mask=audio_attention_mask, **tower_kwargs
+            )
+            embeds["audio"] = self.audio_projection(audio_out.pooler_output)
+        if len(embeds) < 2 and (return_loss or len(embeds) == 0):
+            raise ValueError(
+                f"MMModel.forward needs at least two of text (input_ids), image (pixel_values) and audio "
+                f"(input_features) to compare; got {sorted(embeds) or 'none'}. For one modality use "
+                f"get_text_features / get_image_features / get_audio_features."
+            )
+        embeds = {name: nn.functional.normalize(e, dim=-1) for name, e in embeds.items()}
+
+        scale = self.logit_scale.exp().clamp(max=100.0)  # CLIP's clamp keeps the temperature >= 0.01
+        bias = self.logit_bias if self.logit_bias is not None else 0.0
+        pairs = [(a, b) for a, b in (("image", "text"), ("audio", "text"), ("audio", "image")) if a in embeds and b in embeds]
+        logits = {pair: embeds[pair[0]] @ embeds[pair[1]].t() * scale + bias for pair in pairs}
+
+        loss = None
+        if return_loss:
+            loss = self._contrastive_loss(embeds, pairs, scale, bias, labels, input_ids, attention_mask)
+
+        image_text = logits.get(("image", "text"))
+        return MMOutput(
+            loss=loss,
+            logits_per_image=image_text,
+            logits_per_text=None if image_text is None else image_text.t(),
+            logits_per_audio=logits.get(("audio", "text")),
+            logits_per_audio_image=logits.get(("audio", "image")),
+            text_embeds=embeds.get("text"),
+            image_embeds=embeds.get("image"),
+            audio_embeds=embeds.get("audio"),
+            text_model_output=text_out,
+            vision_model_output=vision_out,
+            audio_model_output=audio_out,
+        )
+
+    def _contrastive_loss(self, embeds, pairs, scale, bias, labels, input_ids, attention_mask):
+        sizes = {name: e.shape[0] for name, e in embeds.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"return_loss needs aligned items (one per modality each); got batch sizes {sizes}.")
+        if labels is None and input_ids is not None:
+            labels = text_group_ids(input_ids, attention_mask, self.text_hash_powers)
+        if labels is None:  # image + audio only: each item is its own class
+            labels = torch.arange(next(iter(sizes.values())), device=self.logit_scale.device)
+        # Under torch.distributed, negatives come from the global batch; the gather keeps the gradients.
+        global_embeds = {name: gather_with_grad(e) for name, e in embeds.items()}
+        global_labels = gather_no_grad(labels)
+        positives = global_labels[:, None] == global_labels[None, :]
+        loss_fn = CONTRASTIVE_LOSSES[self.config.loss_type]
+        losses = [loss_fn(global_embeds[a] @ global_embeds[b].t() * scale + bias, positives) for a, b in pairs]
+        return torch.stack(losses).mean()

@@ -1,0 +1,62 @@
+"""Text tower: token + learned position embeddings, a bidirectional transformer, mean pooling over real tokens."""
+
+import torch
+from torch import nn
+
+from .modeling_mm_layers import MMTowerModel
+from .modeling_mm_utils import MMTextConfig
+
+
+class MMTextEmbeddings(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.register_buffer(
+            "position_ids", torch.arange(config.max_position_embeddings).expand((1, -1)), persistent=False
+        )
+
+    def forward(self, input_ids):
+        seq_length = input_ids.shape[-1]
+        max_length = self.position_embedding.num_embeddings
+        if seq_length > max_length:
+            raise ValueError(
+                f"Text of {seq_length} tokens is longer than the model's max_position_embeddings ({max_length}). "
+                f"Tokenize with truncation=True, max_length={max_length} (the MMProcessor default)."
+            )
+        return self.token_embedding(input_ids) + self.position_embedding(self.position_ids[:, :seq_length])
+
+
+class MMTextModel(MMTowerModel):
+    """The text tower on its own.
+
+    Example:
+    ```python
+    >>> import torch
+    >>> from configuration_mm import MMConfig
+    >>> from modeling_mm import MMTextModel
+    >>> model = MMTextModel(MMConfig.from_preset("tiny").text_config)
+    >>> out = model(input_ids=torch.tensor([[1, 5, 9, 2]]))
+    >>> out.last_hidden_state.shape, out.pooler_output.shape
+    (torch.Size([1, 4, 32]), torch.Size([1, 32]))
+    ```
+    """
+
+    config_class = MMTextConfig
+    main_input_name = "input_ids"
+    input_modalities = ("text",)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embeddings = MMTextEmbeddings(config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.token_embedding
+
+    def set_input_embeddings(self, value):
+        self.embeddings.token_embedding = value
+
+    def forward(self, input_ids, attention_mask=None, output_attentions=None, output_hidden_states=None, **kwargs):
+        """`input_ids` (B, L) and `attention_mask` (B, L, 1 = real token) -> `BaseModelOutputWithPooling`."""
+        return self.encode(self.embeddings(input_ids), attention_mask, output_attentions, output_hidden_states)
