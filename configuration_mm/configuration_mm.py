@@ -256,13 +256,22 @@ class MMConfig(PreTrainedConfig):
 
 
 def _as_config(config_class, value):
+    """A tower's config from a dict or a config. A tower of another architecture (e.g. a pretrained BERT or ViT,
+    the way VisionTextDualEncoder composes towers) keeps its own config class, rebuilt from its `model_type`."""
     if value is None:
         return config_class()
-    if isinstance(value, dict):
-        return config_class(**value)
-    if isinstance(value, config_class):
+    if isinstance(value, PreTrainedConfig):
         return value
-    raise ValueError(f"Expected a dict or {config_class.__name__} for {config_class.base_config_key}, got {type(value).__name__}.")
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"Expected a dict or a config for {config_class.base_config_key}, got {type(value).__name__}."
+        )
+    model_type = value.get("model_type", config_class.model_type)
+    if model_type == config_class.model_type:
+        return config_class(**value)
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(model_type, **{k: v for k, v in value.items() if k != "model_type"})
 
 
 # Every Auto class the checkpoint serves; the files named here are saved flat next to the weights.

@@ -8,6 +8,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from .modeling_mm_audio import MMAudioModel
+from .modeling_mm_layers import masked_mean
 from .modeling_mm_losses import CONTRASTIVE_LOSSES, gather_no_grad, gather_with_grad, hash_powers, text_group_ids
 from .modeling_mm_text import MMTextModel
 from .modeling_mm_utils import MMConfig, MMPreTrainedModel
@@ -71,34 +72,61 @@ class MMModel(MMPreTrainedModel):
 
     def __init__(self, config):
         super().__init__(config)
-        self.text_model = MMTextModel._from_config(config.text_config)
-        self.vision_model = MMVisionModel._from_config(config.vision_config)
-        self.audio_model = MMAudioModel._from_config(config.audio_config)
-        self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
-        self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
-        self.audio_projection = nn.Linear(config.audio_config.hidden_size, config.projection_dim, bias=False)
+        self.text_model = _build_tower(MMTextModel, config.text_config)
+        self.vision_model = _build_tower(MMVisionModel, config.vision_config)
+        self.audio_model = _build_tower(MMAudioModel, config.audio_config)
+        self.text_projection = nn.Linear(_width(config.text_config), config.projection_dim, bias=False)
+        self.visual_projection = nn.Linear(_width(config.vision_config), config.projection_dim, bias=False)
+        self.audio_projection = nn.Linear(_width(config.audio_config), config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         # Only SigLIP's loss has a bias; a parameter the loss never touches would get no gradient.
         self.logit_bias = nn.Parameter(torch.tensor(config.logit_bias_init_value)) if config.loss_type == "siglip" else None
         self.register_buffer(
-            "text_hash_powers", hash_powers(config.text_config.max_position_embeddings), persistent=False
+            "text_hash_powers",
+            hash_powers(getattr(config.text_config, "max_position_embeddings", 512)),
+            persistent=False,
         )
         self.post_init()
+
+    @classmethod
+    def from_encoders(cls, text_encoder=None, vision_encoder=None, audio_encoder=None, config=None, **config_kwargs):
+        """Composes towers from existing checkpoints (any AutoModel checkpoint or folder, e.g. a BERT for text and
+        a ViT for images), the way `VisionTextDualEncoderModel.from_vision_text_pretrained` does; the towers not
+        named come from `config` (default: the "small" preset) and start untrained, as do the projections.
+
+        Example:
+        ```python
+        >>> model = MMModel.from_encoders(text_encoder="path/to/bert", vision_encoder="path/to/vit")  # doctest: +SKIP
+        ```
+        """
+        from transformers import AutoConfig, AutoModel
+
+        config = config if config is not None else MMConfig.from_preset("small", **config_kwargs)
+        encoders = {"text": text_encoder, "vision": vision_encoder, "audio": audio_encoder}
+        sub_configs = {
+            f"{name}_config": AutoConfig.from_pretrained(path) for name, path in encoders.items() if path is not None
+        }
+        config = MMConfig(**{**config.to_dict(), **sub_configs})
+        model = cls(config)
+        for name, path in encoders.items():
+            if path is not None:
+                setattr(model, f"{name}_model", AutoModel.from_pretrained(path))
+        return model
 
     def get_text_features(self, input_ids, attention_mask=None, **kwargs):
         """L2-normalised text embeddings (B, projection_dim)."""
         outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        return nn.functional.normalize(self.text_projection(outputs.pooler_output), dim=-1)
+        return nn.functional.normalize(self.text_projection(_pooled(outputs, attention_mask)), dim=-1)
 
     def get_image_features(self, pixel_values, **kwargs):
         """L2-normalised image embeddings (B, projection_dim)."""
         outputs = self.vision_model(pixel_values=pixel_values, **kwargs)
-        return nn.functional.normalize(self.visual_projection(outputs.pooler_output), dim=-1)
+        return nn.functional.normalize(self.visual_projection(_pooled(outputs)), dim=-1)
 
     def get_audio_features(self, input_features, audio_attention_mask=None, **kwargs):
         """L2-normalised audio embeddings (B, projection_dim)."""
-        outputs = self.audio_model(input_features=input_features, audio_attention_mask=audio_attention_mask, **kwargs)
-        return nn.functional.normalize(self.audio_projection(outputs.pooler_output), dim=-1)
+        outputs = self._audio_tower(input_features, audio_attention_mask, **kwargs)
+        return nn.functional.normalize(self.audio_projection(_pooled(outputs)), dim=-1)
 
     def forward(
         self,
@@ -128,15 +156,13 @@ class MMModel(MMPreTrainedModel):
         embeds = {}
         if input_ids is not None:
             text_out = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **tower_kwargs)
-            embeds["text"] = self.text_projection(text_out.pooler_output)
+            embeds["text"] = self.text_projection(_pooled(text_out, attention_mask))
         if pixel_values is not None:
             vision_out = self.vision_model(pixel_values=pixel_values, **tower_kwargs)
-            embeds["image"] = self.visual_projection(vision_out.pooler_output)
+            embeds["image"] = self.visual_projection(_pooled(vision_out))
         if input_features is not None:
-            audio_out = self.audio_model(
-                input_features=input_features, audio_attention_mask=audio_attention_mask, **tower_kwargs
-            )
-            embeds["audio"] = self.audio_projection(audio_out.pooler_output)
+            audio_out = self._audio_tower(input_features, audio_attention_mask, **tower_kwargs)
+            embeds["audio"] = self.audio_projection(_pooled(audio_out))
         if len(embeds) < 2 and (return_loss or len(embeds) == 0):
             raise ValueError(
                 f"MMModel.forward needs at least two of text (input_ids), image (pixel_values) and audio "
@@ -169,6 +195,14 @@ class MMModel(MMPreTrainedModel):
             audio_model_output=audio_out,
         )
 
+    def _audio_tower(self, input_features, audio_attention_mask, **kwargs):
+        if isinstance(self.audio_model, MMAudioModel):
+            return self.audio_model(input_features=input_features, audio_attention_mask=audio_attention_mask, **kwargs)
+        # A tower of another architecture takes its own input name and mask name (e.g. `attention_mask`).
+        return self.audio_model(
+            **{self.audio_model.main_input_name: input_features}, attention_mask=audio_attention_mask, **kwargs
+        )
+
     def _contrastive_loss(self, embeds, pairs, scale, bias, labels, input_ids, attention_mask):
         sizes = {name: e.shape[0] for name, e in embeds.items()}
         if len(set(sizes.values())) != 1:
@@ -184,3 +218,29 @@ class MMModel(MMPreTrainedModel):
         loss_fn = CONTRASTIVE_LOSSES[self.config.loss_type]
         losses = [loss_fn(global_embeds[a] @ global_embeds[b].t() * scale + bias, positives) for a, b in pairs]
         return torch.stack(losses).mean()
+
+
+def _build_tower(mm_class, config):
+    """Our own tower for our config; any transformers architecture otherwise (a pretrained BERT, ViT, ...),
+    composed the way `VisionTextDualEncoderModel` does."""
+    if isinstance(config, mm_class.config_class):
+        return mm_class._from_config(config)
+    from transformers import AutoModel
+
+    return AutoModel.from_config(config)
+
+
+def _pooled(outputs, attention_mask=None):
+    """A tower's pooled output; for towers without a pooler, the mean of its last hidden states over real
+    positions (the mask applies when it matches the sequence, i.e. for text)."""
+    if getattr(outputs, "pooler_output", None) is not None:
+        return outputs.pooler_output
+    hidden = outputs.last_hidden_state
+    if attention_mask is None or attention_mask.shape[-1] != hidden.shape[1]:
+        return hidden.mean(dim=1)
+    return masked_mean(hidden, attention_mask)
+
+
+def _width(config):
+    # Most architectures call it hidden_size; a few (e.g. Swin, ConvNeXt) expose the last stage's width.
+    return getattr(config, "hidden_size", None) or config.hidden_sizes[-1]

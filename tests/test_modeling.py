@@ -187,3 +187,29 @@ def test_bad_inputs_raise_clear_errors():
         MMVisionModel(config.vision_config)(pixel_values=torch.randn(1, 3, 64, 64))
     with pytest.raises(ValueError, match=r"at most 128 frames"):
         MMAudioModel(config.audio_config)(input_features=torch.randn(1, 32, 200))
+
+
+def test_towers_from_existing_checkpoints_keep_their_weights(tmp_path):
+    """--text_encoder / --vision_encoder: any AutoModel checkpoint becomes a tower (VisionTextDualEncoder style)."""
+    from transformers import BertConfig, BertModel, ViTConfig, ViTModel
+
+    tower = dict(num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    BertModel(BertConfig(vocab_size=100, hidden_size=32, **tower)).save_pretrained(tmp_path / "bert")
+    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=48, **tower)).save_pretrained(tmp_path / "vit")
+
+    model = MMModel.from_encoders(
+        text_encoder=str(tmp_path / "bert"), vision_encoder=str(tmp_path / "vit"), config=MMConfig.from_preset("tiny")
+    )
+    bert = BertModel.from_pretrained(tmp_path / "bert")
+    torch.testing.assert_close(model.text_model.embeddings.word_embeddings.weight, bert.embeddings.word_embeddings.weight)
+    assert model.visual_projection.in_features == 48
+
+    batch = dict(input_ids=torch.randint(0, 100, (3, 7)), pixel_values=torch.randn(3, 3, 32, 32))
+    out = model(**batch, return_loss=True)
+    out.loss.backward()
+    assert model.text_model.embeddings.word_embeddings.weight.grad is not None
+
+    model.save_pretrained(tmp_path / "mm")
+    reloaded = MMModel.from_pretrained(tmp_path / "mm").eval()
+    assert type(reloaded.text_model).__name__ == "BertModel"
+    torch.testing.assert_close(reloaded(**batch).logits_per_image, model.eval()(**batch).logits_per_image)
