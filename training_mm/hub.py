@@ -1,0 +1,263 @@
+"""Sharing a trained mm checkpoint on the Hugging Face Hub: its model card, and the upload.
+
+`write_model_card` renders the repository's `model_card.md` into the export folder's README.md, with the
+Hub metadata (license, tags, pipeline tag, base model, and a `model-index` holding the metrics the run
+measured). `push_folder_to_hub` uploads that folder, refusing to overwrite a repository that already
+has files unless asked to.
+
+Example:
+```python
+>>> from training_mm.hub import describe_model, push_folder_to_hub, write_model_card
+>>> model.save_pretrained("out"); processor.save_pretrained("out")
+>>> write_model_card(
+...     "out", model_name="mm-small", metrics={"recall@1 image->text": 0.41},
+...     task_type="zero-shot-image-classification", dataset_name="mm synthetic", dataset_type="synthetic",
+...     hyperparameters={"learning_rate": 5e-4}, model_description=describe_model(model),
+... )
+>>> push_folder_to_hub("out", "my-org/mm-small")
+```
+"""
+
+import logging
+import math
+import re
+from importlib import metadata
+from numbers import Real
+from pathlib import Path
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants
+
+from configuration_mm.configuration_mm import MODALITIES
+
+logger = logging.getLogger(__name__)
+
+# When installed with `pip install -e .`, the repository root is the parent of this package.
+DEFAULT_TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_card.md"
+# `dataset_type` of the package's built-in synthetic data: the card then says so, and lists no Hub dataset.
+SYNTHETIC_DATASET = "synthetic"
+# Tower attributes worth a line in the card, in reading order (those a config lacks are skipped).
+_TOWER_FIELDS = (
+    ("num_hidden_layers", "layers"),
+    ("hidden_size", "hidden"),
+    ("num_attention_heads", "heads"),
+    ("intermediate_size", "MLP"),
+    ("vocab_size", "vocab"),
+    ("max_position_embeddings", "max tokens"),
+    ("image_size", "image px"),
+    ("patch_size", "patch"),
+    ("num_mel_bins", "mel bins"),
+    ("max_source_positions", "audio positions"),
+)
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+def describe_model(model):
+    """The card's "Model summary" rows, read from the model itself: class, parameter counts and, per tower,
+    its size. Works on any `PreTrainedModel` (towers come from `config.sub_configs`) and on a PEFT model.
+
+    Example:
+    ```python
+    >>> describe_model(model)
+    {'Architecture': 'MMModel', 'Parameters': '1,234,567', 'Text tower': '2 layers, hidden 32, ...', ...}
+    ```
+    """
+    config = model.config
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wraps the model
+    rows = {"Architecture": type(base).__name__, "Parameters": f"{total:,}"}
+    if trainable != total:
+        rows["Trainable parameters"] = f"{trainable:,}"
+    towers = [name for name in getattr(config, "sub_configs", {}) if getattr(config, name, None) is not None]
+    for name in towers:
+        rows[f"{name.removesuffix('_config').capitalize()} tower"] = _describe_tower(getattr(config, name))
+    if not towers:
+        rows["Encoder"] = _describe_tower(config)
+    if getattr(config, "projection_dim", None) is not None:
+        rows["Embedding size"] = str(config.projection_dim)
+    return rows
+
+
+def _describe_tower(config):
+    return ", ".join(f"{label} {getattr(config, attr)}" for attr, label in _TOWER_FIELDS if hasattr(config, attr))
+
+
+def write_model_card(
+    folder,
+    *,
+    model_name,
+    metrics,
+    task_type,
+    dataset_name,
+    dataset_type,
+    hyperparameters,
+    model_description,
+    base_model=None,
+    is_adapter=False,
+    library_name=None,
+    pipeline_tag=None,
+    modalities=MODALITIES,
+    license="apache-2.0",
+    dataset_split=None,
+    repo_id=None,
+    template_path=None,
+):
+    """Renders `model_card.md` into `folder/README.md` and returns the `ModelCard`.
+
+    Args:
+        folder: the export folder (it must exist); README.md is (over)written there.
+        model_name: the card's title and the `model-index` name.
+        metrics (`dict[str, float]` or None): what the run measured, e.g. `{"recall@1 image->text": 0.41}`.
+            Each entry becomes one `EvalResult` (metric type and name = the key) and one table row.
+        task_type: e.g. "zero-shot-image-classification", "zero-shot-audio-classification", "image-to-text".
+        dataset_name, dataset_type: a readable name and the Hub dataset id (or `SYNTHETIC_DATASET`, or a local
+            path) of the data trained and evaluated on. Only a Hub id is listed in the `datasets` metadata.
+        hyperparameters (`dict`): rendered as the hyper-parameter table, e.g. from `TrainingArguments`.
+        model_description (`dict[str, str]`): the summary table, normally `describe_model(model)`.
+        base_model: the Hub id the model was finetuned from; required for adapters.
+        is_adapter: a PEFT/LoRA adapter: adds the `peft`/`lora` tags and a `library_name` of "peft".
+        library_name, pipeline_tag: default to "transformers" ("peft" for adapters) and `task_type`.
+        modalities: the towers the checkpoint has, each tagged.
+        dataset_split: the split the metrics were measured on, if any.
+        repo_id: the Hub id used in the card's code snippets (defaults to `model_name`).
+        template_path: a card template to use instead of the repository's `model_card.md`.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Cannot write a model card into {folder}: not a folder; save the model there first.")
+    if is_adapter and not base_model:
+        raise ValueError("An adapter's card needs base_model: the Hub id of the model the adapter attaches to.")
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown or not modalities:
+        raise ValueError(f"modalities must be a non-empty subset of {list(MODALITIES)}, got {list(modalities)!r}.")
+    metrics = _checked_metrics(metrics or {})
+    template_path = Path(template_path) if template_path is not None else DEFAULT_TEMPLATE_PATH
+    if not template_path.is_file():
+        raise FileNotFoundError(
+            f"Model card template not found at {template_path}. It is `model_card.md` at the mm repository's root: "
+            "install the package from its repository (`pip install -e .`) or pass template_path=."
+        )
+
+    tags = ["mm", "custom_code", *modalities] + (["peft", "lora"] if is_adapter else [])
+    eval_results = [
+        EvalResult(
+            task_type=task_type,
+            dataset_type=dataset_type,
+            dataset_name=dataset_name,
+            dataset_split=dataset_split,
+            metric_type=name,
+            metric_name=name,
+            metric_value=value,
+        )
+        for name, value in metrics.items()
+    ]
+    card_data = ModelCardData(
+        model_name=model_name,
+        license=license,
+        library_name=library_name or ("peft" if is_adapter else "transformers"),
+        pipeline_tag=pipeline_tag or task_type,
+        tags=tags,
+        datasets=[dataset_type] if dataset_type != SYNTHETIC_DATASET and _is_hub_id(dataset_type) else None,
+        base_model=base_model if base_model and _is_hub_id(base_model) else None,
+        eval_results=eval_results or None,
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(template_path),
+        model_name=model_name,
+        repo=repo_id or model_name,
+        modalities=list(modalities),
+        task_type=task_type,
+        auto_class="AutoModelForImageTextToText" if task_type == "image-to-text" else "AutoModel",
+        is_adapter=is_adapter,
+        base_model=base_model,
+        base_model_url=f"{constants.ENDPOINT}/{base_model}" if base_model else None,
+        synthetic_data=dataset_type == SYNTHETIC_DATASET,
+        dataset_name=dataset_name,
+        dataset_type=dataset_type,
+        dataset_split=dataset_split,
+        summary_rows=_rows(model_description),
+        hyperparameter_rows=_rows(hyperparameters or {}),
+        metric_rows=[(_cell(name), f"{value:.6g}") for name, value in metrics.items()],
+        framework_versions=_framework_versions(is_adapter),
+    )
+    card.save(folder / "README.md")
+    return card
+
+
+def _checked_metrics(metrics):
+    """Plain floats (YAML cannot hold numpy scalars); a non-numeric or non-finite value is a broken run."""
+    checked = {}
+    for name, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+            raise ValueError(
+                f"Metric {name!r} has value {value!r}; a model card reports finite numbers only. "
+                "Drop it from `metrics` or fix the evaluation that produced it."
+            )
+        checked[str(name)] = float(value)
+    return checked
+
+
+def _is_hub_id(name):
+    return bool(_HUB_ID.match(name)) and not Path(name).exists()
+
+
+def _cell(value):
+    # A "|" would end the Markdown table cell.
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _rows(mapping):
+    return [(_cell(key), _cell(value)) for key, value in mapping.items()]
+
+
+def _framework_versions(is_adapter):
+    versions = []
+    for package in ("transformers", "torch", "huggingface_hub") + (("peft",) if is_adapter else ()):
+        try:
+            versions.append((package, metadata.version(package)))
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def push_folder_to_hub(
+    folder, repo_id, *, token=None, private=False, commit_message="Upload mm model", overwrite=False
+):
+    """Uploads every file in `folder` (weights, config, remote-code .py files, processor files, README.md)
+    to the model repo `repo_id`, creating the repo if needed. Returns the `CommitInfo`.
+
+    Nothing already on the Hub is lost unless asked: if the repo has files (other than the `.gitattributes`
+    every new repo gets), this raises `FileExistsError` unless `overwrite=True`, which makes the repo mirror
+    the folder, deleting remote files the folder does not have (so stale weight shards cannot linger).
+
+    Example:
+    ```python
+    >>> push_folder_to_hub("out", "my-org/mm-small").commit_url
+    'https://huggingface.co/my-org/mm-small/commit/...'
+    ```
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Cannot push {folder}: it is not a folder.")
+    if not any(path.is_file() for path in folder.rglob("*")):
+        raise ValueError(f"Cannot push {folder}: it has no files. Save the model and processor there first.")
+    if not (folder / "README.md").is_file():
+        logger.warning(f"{folder} has no README.md; the repo will have no model card (see write_model_card).")
+
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    existing = [path for path in api.list_repo_files(repo_id) if path != ".gitattributes"]
+    if existing and not overwrite:
+        shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
+        raise FileExistsError(
+            f"The Hub repo {repo_id} already has {len(existing)} file(s) ({shown}); pushing {folder} would "
+            "overwrite them. Pass overwrite=True to replace the repo's contents with the folder, "
+            "or choose another repo_id."
+        )
+    return api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        commit_message=commit_message,
+        delete_patterns="*" if existing else None,
+    )
