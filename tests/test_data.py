@@ -1,0 +1,248 @@
+"""Tests for the data layer: built-in synthetic data (training_mm.synthetic_data) and user data (training_mm.data)."""
+
+import json
+import logging
+import shutil
+
+import datasets
+import numpy as np
+import pytest
+import soundfile as sf
+from datasets import DatasetDict, IterableDatasetDict
+from PIL import Image
+
+from training_mm import synthetic_data
+from training_mm.data import SAMPLING_RATE, decode_audio, filter_unreadable, load_user_dataset, resample
+from training_mm.synthetic_data import COLOURS, HELD_OUT, build_synthetic_dataset, write_folder
+
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+TINY = dict(num_train=12, num_validation=4, num_test=6, image_size=32, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def private_hf_cache(tmp_path, monkeypatch):
+    """Keep the Arrow files `load_dataset` writes out of the user's ~/.cache."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+
+
+@pytest.fixture(scope="module")
+def builtin(tmp_path_factory):
+    with_audio = shutil.which("espeak-ng") is not None
+    return build_synthetic_dataset(**TINY, with_audio=with_audio, cache_dir=tmp_path_factory.mktemp("builtin"))
+
+
+def _pairs(label):
+    """The (colour, shape) pairs a label names, e.g. 'two red stars' -> [('red', 'star')]."""
+    words = label.split()
+    return [(word, words[i + 1].rstrip("s")) for i, word in enumerate(words[:-1]) if word in COLOURS]
+
+
+# ------------------------------------------------------------------------------------------- synthetic data
+
+
+@needs_espeak
+def test_same_seed_gives_identical_data_and_second_build_is_a_cache_hit(builtin, tmp_path, monkeypatch):
+    again = build_synthetic_dataset(**TINY, cache_dir=tmp_path)
+    for split in ("train", "validation", "test"):
+        assert again[split]["caption"] == builtin[split]["caption"]
+        images = again[split].cast_column("image", datasets.Image(decode=False))["image"]
+        assert images == builtin[split].cast_column("image", datasets.Image(decode=False))["image"]
+        assert again[split]["audio"] == builtin[split]["audio"]
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("the cached dataset should have been loaded, not generated again")
+
+    monkeypatch.setattr(synthetic_data, "make_example", no_generation)
+    assert build_synthetic_dataset(**TINY, cache_dir=tmp_path)["test"]["caption"] == builtin["test"]["caption"]
+
+
+def test_different_seed_gives_different_data(tmp_path):
+    seed_0 = build_synthetic_dataset(**TINY, with_audio=False, cache_dir=tmp_path)
+    seed_1 = build_synthetic_dataset(**{**TINY, "seed": 1}, with_audio=False, cache_dir=tmp_path)
+    assert seed_0["train"]["caption"] != seed_1["train"]["caption"]
+
+
+def test_held_out_pairs_appear_only_in_test(builtin):
+    assert {split: len(rows) for split, rows in builtin.items()} == {"train": 12, "validation": 4, "test": 6}
+    for split in ("train", "validation"):
+        for label in builtin[split]["label"]:
+            assert not set(_pairs(label)) & set(HELD_OUT), f"{split} row {label!r} uses a held-out pair"
+    for label in builtin["test"]["label"]:
+        assert set(_pairs(label)) & set(HELD_OUT), f"test row {label!r} has no held-out pair"
+
+
+def test_caption_names_what_the_image_shows(builtin):
+    for row in builtin["train"]:
+        pairs = _pairs(row["label"])
+        for colour, shape in pairs:
+            assert colour in row["caption"] and shape in row["caption"], (row["caption"], row["label"])
+        if len({colour for colour, _ in pairs}) == 1:  # one colour in the scene: it must dominate the image
+            pixels = np.asarray(row["image"].convert("RGB"), dtype=float).reshape(-1, 3)
+            vivid = pixels[pixels.max(axis=1) - pixels.min(axis=1) > 80]  # the shapes, not the grey background
+            nearest = min(COLOURS, key=lambda name: np.abs(vivid.mean(axis=0) - COLOURS[name]).sum())
+            assert nearest == pairs[0][0], (row["caption"], vivid.mean(axis=0))
+
+
+@needs_espeak
+def test_audio_is_16khz_mono_float_speech(builtin):
+    assert builtin["train"].features["audio"] == datasets.Audio(decode=False)
+    for value in builtin["train"]["audio"][:4]:
+        wave, rate = decode_audio(value)
+        assert rate == SAMPLING_RATE and wave.dtype == np.float32 and wave.ndim == 1
+        assert 0.5 < len(wave) / rate < 4.0  # the `small` preset hears at most 4 s
+        assert np.sqrt(np.mean(wave**2)) > 0.01
+
+
+def test_without_espeak_images_and_captions_still_build_with_a_warning(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(synthetic_data.shutil, "which", lambda name: None)
+    with caplog.at_level(logging.WARNING):
+        built = build_synthetic_dataset(**TINY, cache_dir=tmp_path)
+    assert built["train"].column_names == ["image", "caption", "label"]
+    assert "apt-get install espeak-ng" in caplog.text and "scripts/install.sh" in caplog.text
+
+
+def test_write_folder_reads_back_with_imagefolder(builtin, tmp_path):
+    write_folder(builtin["test"], tmp_path / "test")
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(tmp_path), split="test")
+    assert loaded["caption"] == builtin["test"]["caption"]
+    assert loaded["label"] == builtin["test"]["label"]
+    original, reloaded = builtin["test"][0]["image"], loaded[0]["image"]
+    assert np.array_equal(np.asarray(original), np.asarray(reloaded))
+    if "audio" in builtin["test"].column_names:
+        assert loaded[0]["audio"] == "000000.wav"  # a plain path for imagefolder; load_user_dataset resolves it
+        ours = load_user_dataset(str(tmp_path))["test"]
+        assert ours["caption"] == builtin["test"]["caption"]
+        assert np.array_equal(decode_audio(ours[0]["audio"])[0], decode_audio(builtin["test"][0]["audio"])[0])
+
+
+# ------------------------------------------------------------------------------------------- audio helpers
+
+
+def test_resample_keeps_tones_below_the_new_nyquist_and_removes_those_above():
+    seconds = np.arange(2 * 22050) / 22050
+    low = resample(np.sin(2 * np.pi * 440 * seconds), 22050, 16000)
+    assert low.shape == (32000,) and low.dtype == np.float32
+    inner = slice(200, -200)  # a tone cut off mid-cycle is not band-limited at its two ends
+    assert np.abs(low - np.sin(2 * np.pi * 440 * np.arange(32000) / 16000))[inner].max() < 1e-3
+    high = resample(np.sin(2 * np.pi * 10_000 * seconds), 22050, 16000)
+    assert np.sqrt(np.mean(high[inner] ** 2)) < 1e-3
+
+
+def test_decode_audio_accepts_every_form_a_dataset_uses(tmp_path):
+    stereo = np.stack([np.full(800, 0.5), np.full(800, -0.25)], axis=1).astype(np.float32)  # (frames, channels)
+    sf.write(tmp_path / "a.wav", stereo, 8000)
+    values = [
+        str(tmp_path / "a.wav"),
+        {"bytes": (tmp_path / "a.wav").read_bytes(), "path": "a.wav"},
+        {"bytes": None, "path": str(tmp_path / "a.wav")},
+        (stereo.T, 8000),
+        {"array": stereo.T, "sampling_rate": 8000},
+    ]
+    for value in values:
+        wave, rate = decode_audio(value)
+        assert rate == 8000 and wave.shape == (800,) and np.allclose(wave, 0.125, atol=1e-3)
+        wave, rate = decode_audio(value, sampling_rate=16000)
+        assert rate == 16000 and wave.shape == (1600,)
+
+
+# ------------------------------------------------------------------------------------------- user data
+
+
+def _write_files(folder, count, corrupt=()):
+    """count PNG + WAV files named 0.png/0.wav, ...; the indices in `corrupt` get garbage bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        Image.new("RGB", (8, 8), (30 * index, 0, 0)).save(folder / f"{index}.png")
+        sf.write(folder / f"{index}.wav", np.full(1600, 0.1 * (index + 1), np.float32), SAMPLING_RATE)
+    for index, kind in corrupt:
+        (folder / f"{index}.{kind}").write_bytes(b"not a real file")
+
+
+def test_load_user_dataset_reads_a_metadata_folder_with_splits(tmp_path):
+    _write_files(tmp_path / "train" / "files", 10)
+    _write_files(tmp_path / "test", 2)
+    with open(tmp_path / "train" / "metadata.jsonl", "w") as f:
+        for index in range(10):
+            f.write(json.dumps({"file_name": f"files/{index}.png", "speech_file_name": f"files/{index}.wav",
+                                "caption": f"picture {index}", "extra": index}) + "\n")  # fmt: skip
+    (tmp_path / "test" / "metadata.csv").write_text(
+        "file_name,speech_file_name,caption\n0.png,0.wav,zero\n1.png,1.wav,one\n"
+    )
+
+    splits = load_user_dataset(str(tmp_path), audio_column="speech")
+    assert sorted(splits) == ["test", "train", "validation"]
+    assert sorted(splits["train"].column_names) == ["audio", "caption", "image"]
+    assert len(splits["train"]) + len(splits["validation"]) == 10 and len(splits["validation"]) == 1
+    row = splits["train"][0]
+    assert row["image"].size == (8, 8)
+    index = int(row["caption"].split()[-1])
+    assert np.allclose(decode_audio(row["audio"])[0], 0.1 * (index + 1), atol=1e-3)
+
+
+def test_load_user_dataset_reads_csv_and_jsonl_with_relative_paths_and_custom_columns(tmp_path):
+    _write_files(tmp_path / "media", 4)
+    rows = [{"photo": f"media/{i}.png", "sound": f"media/{i}.wav", "text": f"caption {i}"} for i in range(4)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "pairs.csv").write_text(
+        "photo,sound,text\n" + "".join(f"{row['photo']},{row['sound']},{row['text']}\n" for row in rows)
+    )
+    for table in ("pairs.jsonl", "pairs.csv"):
+        splits = load_user_dataset(
+            str(tmp_path / table), image_column="photo", caption_column="text", audio_column="sound"
+        )
+        assert isinstance(splits, DatasetDict) and sorted(splits) == ["train", "validation"]
+        everything = datasets.concatenate_datasets([splits["train"], splits["validation"]])
+        assert sorted(everything["caption"]) == [f"caption {i}" for i in range(4)]
+        assert all(decode_audio(value)[1] == SAMPLING_RATE for value in everything["audio"])
+
+
+def test_load_user_dataset_reads_a_save_to_disk_folder_and_streams_it(builtin, tmp_path):
+    builtin.save_to_disk(str(tmp_path / "saved"))
+    splits = load_user_dataset(str(tmp_path / "saved"))
+    assert sorted(splits) == ["test", "train", "validation"]
+    assert splits["test"]["caption"] == builtin["test"]["caption"]
+    assert "label" not in splits["train"].column_names  # only the columns mm reads are kept
+
+    streamed = load_user_dataset(str(tmp_path / "saved"), streaming=True)
+    assert isinstance(streamed, IterableDatasetDict)
+    row = next(iter(streamed["train"]))
+    assert isinstance(row["image"], Image.Image) and row["caption"] == builtin["train"][0]["caption"]
+    if "audio" in row:
+        assert decode_audio(row["audio"])[1] == SAMPLING_RATE
+
+
+def test_a_missing_column_names_the_columns_and_the_flag(tmp_path):
+    _write_files(tmp_path, 2)
+    (tmp_path / "pairs.csv").write_text("file_name,text\n0.png,zero\n1.png,one\n")
+    with pytest.raises(ValueError, match=r"Column 'caption' not found.*\['image', 'text'\].*--caption_column"):
+        load_user_dataset(str(tmp_path / "pairs.csv"))
+    with pytest.raises(ValueError, match=r"Column 'speech' not found.*--audio_column"):
+        load_user_dataset(str(tmp_path / "pairs.csv"), caption_column="text", audio_column="speech")
+
+
+def test_a_folder_without_metadata_or_a_missing_path_says_what_is_wrong(tmp_path):
+    with pytest.raises(ValueError, match="metadata.jsonl or metadata.csv"):
+        load_user_dataset(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="does not exist"):  # not sent to the Hub as a dataset name
+        load_user_dataset(str(tmp_path / "typo.csv"))
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_unreadable_rows_are_skipped_and_counted(tmp_path, caplog, streaming):
+    _write_files(tmp_path / "train", 8, corrupt=[(1, "png"), (4, "wav")])
+    _write_files(tmp_path / "validation", 1)
+    captions = ["fine"] * 8
+    captions[6] = "  "
+    for split, split_captions in (("train", captions), ("validation", ["fine"])):
+        (tmp_path / split / "metadata.jsonl").write_text("".join(
+            json.dumps({"file_name": f"{i}.png", "audio": f"{i}.wav", "caption": caption}) + "\n"
+            for i, caption in enumerate(split_captions)
+        ))  # fmt: skip
+    train = load_user_dataset(str(tmp_path), streaming=streaming)["train"]
+    with caplog.at_level(logging.WARNING):
+        kept = list(filter_unreadable(train))  # a stream is checked as it is read
+    assert [row["caption"] for row in kept] == ["fine"] * 5
+    assert "skipped 3 of 8 rows" in caplog.text
+    for reason in ("row 1: unreadable image", "row 4: unreadable audio", "row 6: empty caption"):
+        assert reason in caplog.text

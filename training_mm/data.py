@@ -1,0 +1,412 @@
+"""User data for the mm training examples: load a dataset from wherever it lives, decode its audio, drop bad rows.
+
+Every loader returns the same shape of data: splits `train` and `validation` (plus any other split the source
+has) with the columns `caption` (str) and `image` (`datasets.Image`) and/or `audio` (a `{"bytes", "path"}`
+dict), renamed from whatever the source calls them.
+
+Audio is never decoded by `datasets`: from 4.0 on it decodes `Audio` with torchcodec, which mm does not
+depend on. Audio columns therefore stay `datasets.Audio(decode=False)` and `decode_audio` reads them with
+`soundfile`. In streaming mode even `Audio(decode=False)` is out of reach (an `IterableDataset` re-encodes
+every row through `Audio.encode_example`, which imports torchcodec), so there the column is typed as the
+plain struct `AUDIO_STRUCT`; its values are the same `{"bytes", "path"}` dicts.
+"""
+
+import io
+import logging
+import math
+import os
+from functools import partial
+from pathlib import Path
+
+import datasets
+import numpy as np
+import soundfile as sf
+from datasets import Audio, DatasetDict, Image, IterableDataset, IterableDatasetDict, Value
+from datasets.packaged_modules.audiofolder.audiofolder import AudioFolder
+from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+from PIL import Image as PILImage
+
+
+logger = logging.getLogger(__name__)
+
+# The rate MMFeatureExtractor requires; everything that hands audio to the model resamples to it.
+SAMPLING_RATE = 16_000
+
+RESAMPLE_PADDING = 1024  # zeros after a clip before its FFT (see `resample`)
+
+AUDIO_STRUCT = {"bytes": Value("binary"), "path": Value("string")}
+
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+TABLE_LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv"}
+# Split folder names a metadata folder may use, mapped to the names the examples expect.
+SPLIT_NAMES = {
+    "train": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "dev": "validation",
+    "test": "test",
+}
+
+# When a source has no validation split, this share of `train` (at least 1 row, at most the cap) becomes one.
+VALIDATION_FRACTION = 0.05
+MAX_VALIDATION_ROWS = 1000
+
+MAX_REASONS_LOGGED = 5
+STREAMING_LOG_EVERY = 10_000
+
+
+# ---------------------------------------------------------------------------------------------- audio
+
+
+def resample(audio, orig_sr, target_sr):
+    """Resample a mono float signal by FFT: keep the spectrum below the lower Nyquist, invert at the new length.
+
+    Hand-written because scipy and librosa are not mm dependencies and `datasets` resamples only through
+    torchcodec. Linear interpolation (`np.interp`) would fold everything above the new Nyquist back into the
+    band; this is band-limited, exact in rate (the padded length is a whole number of `orig_sr/target_sr`
+    periods), O(n log n), and the top 10% of the kept band is rolled off with a raised cosine so a brick-wall
+    edge does not ring.
+
+    >>> tone = np.sin(2 * np.pi * 440 * np.arange(22050) / 22050).astype(np.float32)
+    >>> resample(tone, 22050, 16000).shape
+    (16000,)
+    """
+    audio = np.asarray(audio, dtype=np.float32)
+    if orig_sr == target_sr:
+        return audio
+    period = orig_sr // math.gcd(orig_sr, target_sr)  # input samples per whole number of output samples
+    # Zero padding keeps the FFT's circular wrap-around from bleeding the end of the clip into its start.
+    num_in = math.ceil((len(audio) + RESAMPLE_PADDING) / period) * period
+    num_out = num_in * target_sr // orig_sr
+    spectrum = np.fft.rfft(audio, n=num_in)
+    bins = min(len(spectrum), num_out // 2 + 1)
+    rolloff = np.clip((1 - np.arange(bins) / (bins - 1)) / 0.1, 0, 1)  # 0 at the top bin, 1 below 90%
+    spectrum = spectrum[:bins] * (0.5 - 0.5 * np.cos(np.pi * rolloff))
+    out = np.fft.irfft(spectrum, n=num_out) * (num_out / num_in)
+    return out[: len(audio) * target_sr // orig_sr].astype(np.float32)
+
+
+def decode_audio(value, sampling_rate=None):
+    """Decode one audio value to `(mono float32 array, sampling rate)` with soundfile, never torchcodec.
+
+    `value` may be an `Audio(decode=False)` dict (`{"bytes": wav_bytes or None, "path": str}`), a file path,
+    an `(array, sampling_rate)` pair or a `{"array", "sampling_rate"}` dict. Multi-channel audio is averaged
+    to mono. With `sampling_rate` set, the audio is resampled to it.
+
+    >>> wave, rate = decode_audio((np.zeros(22050, dtype=np.float32), 22050), sampling_rate=16000)
+    >>> wave.shape, rate
+    ((16000,), 16000)
+    """
+    if isinstance(value, tuple):
+        array, rate = value
+    elif isinstance(value, dict) and "array" in value:
+        array, rate = value["array"], value["sampling_rate"]
+    else:
+        source = value
+        if isinstance(value, dict):
+            source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
+        if source is None:
+            raise ValueError(f"An audio value needs 'bytes' or 'path', got {value!r}.")
+        array, rate = sf.read(source, dtype="float32", always_2d=True)
+        array = array.T  # soundfile gives (frames, channels); the rest of the function takes channels first
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 2:
+        array = array.mean(axis=0)
+    if sampling_rate is not None and rate != sampling_rate:
+        array, rate = resample(array, rate, sampling_rate), sampling_rate
+    return array, int(rate)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_user_dataset(
+    dataset_name, *, image_column=None, caption_column="caption", audio_column=None, streaming=False
+):
+    """Load captioned images and/or audio for training, from a local path or the Hub.
+
+    `dataset_name` is, in the order checked:
+    - a `save_to_disk` folder (it holds `dataset_dict.json` or `state.json`);
+    - a folder in imagefolder/audiofolder layout: `metadata.jsonl` or `metadata.csv` at its root (one `train`
+      split) or in `train/`, `validation/` (or `valid/`, `dev/`) and `test/` subfolders;
+    - a `.jsonl`/`.json`/`.csv` file (one `train` split);
+    - otherwise a Hub dataset name, passed to `datasets.load_dataset`.
+    In metadata tables, `file_name` is the image or audio file (by its extension) and `<name>_file_name`
+    becomes column `<name>`, as in `datasets`' folder loaders; relative paths in the image and audio
+    columns are resolved against the table's folder.
+
+    `image_column`/`audio_column` default to `image`/`audio` when those columns exist; at least one must.
+    The result keeps only `image`, `caption` and `audio`, under those names. A source without a validation
+    split gets one: 5% of `train` (at least 1, at most 1000 rows), drawn with a fixed seed; when streaming,
+    the first 1000 rows of `train`. Local sources are read into memory-mapped Arrow files either way;
+    `streaming=True` then wraps them as `IterableDataset`s, and streams Hub datasets.
+
+    >>> splits = load_user_dataset("my_photos/", caption_column="text")  # doctest: +SKIP
+    >>> splits["train"].column_names  # doctest: +SKIP
+    ['image', 'caption']
+    """
+    dataset_name = os.fspath(dataset_name)
+    path = Path(dataset_name).expanduser()
+    if path.is_dir() and any((path / name).is_file() for name in ("dataset_dict.json", "state.json")):
+        splits = datasets.load_from_disk(str(path))
+        splits = splits if isinstance(splits, DatasetDict) else DatasetDict(train=splits)
+    elif path.is_dir():
+        splits = DatasetDict({split: _load_table(table) for split, table in _metadata_tables(path).items()})
+    elif path.is_file():
+        splits = DatasetDict(train=_load_table(path))
+    elif dataset_name.startswith((".", "/", "~")) or path.suffix.lower() in TABLE_LOADERS:
+        raise FileNotFoundError(f"{dataset_name!r} does not exist (and is not a Hub dataset name like 'org/name').")
+    else:
+        splits = _load_from_hub(dataset_name, streaming)
+    splits = {SPLIT_NAMES.get(name, name): split for name, split in splits.items()}
+    splits = {
+        name: _canonical_columns(
+            split, _pick_columns(split, f"{dataset_name!r} ({name})", image_column, caption_column, audio_column)
+        )
+        for name, split in splits.items()
+    }
+    splits = _with_validation_split(splits)
+    if streaming and not isinstance(splits["train"], IterableDataset):
+        splits = {name: _to_iterable(split) for name, split in splits.items()}
+    return IterableDatasetDict(splits) if streaming else DatasetDict(splits)
+
+
+def _metadata_tables(folder):
+    """Map split names to the metadata table of each split in an imagefolder/audiofolder-style folder."""
+    found = {}
+    for split_dir, split in [(folder, "train"), *((folder / name, alias) for name, alias in SPLIT_NAMES.items())]:
+        tables = [split_dir / name for name in METADATA_FILES if (split_dir / name).is_file()]
+        if len(tables) > 1:
+            raise ValueError(f"{split_dir} has both {tables[0].name} and {tables[1].name}; keep one of them.")
+        if tables and split in found:
+            raise ValueError(f"{found[split]} and {tables[0]} both define split {split!r}; remove one of them.")
+        if tables:
+            found[split] = tables[0]
+    if not found:
+        raise ValueError(
+            f"{folder} has no {' or '.join(METADATA_FILES)} at its root or in a train/validation/test subfolder, "
+            "and is not a `save_to_disk` folder. Add a metadata table with a `file_name` column (the image or "
+            "audio file, relative to the table) and a caption column."
+        )
+    return found
+
+
+def _load_table(table):
+    """Read a JSONL/CSV table of files and captions; name its file columns and make their paths absolute."""
+    table = Path(table)
+    loader = TABLE_LOADERS.get(table.suffix.lower())
+    if loader is None:
+        raise ValueError(f"Cannot read {table}: expected one of {sorted(TABLE_LOADERS)}, or a folder.")
+    dataset = datasets.load_dataset(loader, data_files=str(table), split="train")
+    dataset = dataset.rename_columns(_file_name_columns(dataset, table))
+    path_columns = [name for name, feature in dataset.features.items() if _holds_paths(dataset, name, feature)]
+    if not path_columns:
+        return dataset
+    for name in path_columns:
+        if dataset.features[name] == Value("large_string"):  # from the CSV reader; Image/Audio casts refuse it
+            dataset = dataset.cast_column(name, Value("string"))
+    base_dir = str(table.resolve().parent)
+
+    def absolute_paths(batch):
+        return {name: [_resolve(base_dir, value) for value in batch[name]] for name in path_columns}
+
+    return dataset.map(absolute_paths, batched=True, desc=f"Resolving paths in {table.name}")
+
+
+def _file_name_columns(dataset, table):
+    """The renames `datasets`' folder loaders apply: `file_name` -> image/audio, `x_file_name` -> `x`."""
+    renames = {name: name[: -len("_file_name")] for name in dataset.column_names if name.endswith("_file_name")}
+    if "file_name" in dataset.column_names and len(dataset):
+        extension = os.path.splitext(str(dataset[0]["file_name"]))[1].lower()
+        if extension in ImageFolder.EXTENSIONS:
+            renames["file_name"] = "image"
+        elif extension in AudioFolder.EXTENSIONS:
+            renames["file_name"] = "audio"
+        else:
+            raise ValueError(
+                f"{table}: `file_name` {dataset[0]['file_name']!r} is neither an image nor an audio file; rename "
+                "the column (e.g. to `image_file_name`) or point it at files with a known extension."
+            )
+    return renames
+
+
+def _holds_paths(dataset, column, feature):
+    """Whether a column names files: it holds strings, and its first one has an image or audio extension."""
+    if feature not in (Value("string"), Value("large_string")):
+        return False
+    first = next((value for value in dataset[column] if value), None)
+    extension = os.path.splitext(first or "")[1].lower()
+    return extension in ImageFolder.EXTENSIONS or extension in AudioFolder.EXTENSIONS
+
+
+def _resolve(base_dir, value):
+    if value is None or "://" in value or os.path.isabs(value):
+        return value
+    return os.path.normpath(os.path.join(base_dir, value))
+
+
+def _load_from_hub(name, streaming):
+    try:
+        splits = datasets.load_dataset(name, streaming=streaming)
+    except Exception as err:  # the Hub client raises many types (offline, not found, gated); all mean the same here
+        raise ValueError(
+            f"{name!r} is not a local file or folder, and loading it from the Hub failed: {err}"
+        ) from err
+    if streaming:
+        # Some streamed datasets only learn their columns from the first rows; column checks need them now.
+        splits = IterableDatasetDict({split_name: split._resolve_features() for split_name, split in splits.items()})
+    return splits
+
+
+def _pick_columns(split, source, image_column, caption_column, audio_column):
+    """Map the roles `image`/`caption`/`audio` to the source's columns, or explain which flag to set."""
+    columns = split.column_names
+
+    def require(column, flag):
+        if column not in columns:
+            raise ValueError(
+                f"Column {column!r} not found in {source}; its columns are {columns}. "
+                f"Pass --{flag} with one of them."
+            )
+        return column
+
+    roles = {"caption": require(caption_column, "caption_column")}
+    for role, column in (("image", image_column), ("audio", audio_column)):
+        if column is not None:
+            roles[role] = require(column, f"{role}_column")
+        elif role in columns:
+            roles[role] = role
+    if len(roles) == 1:
+        raise ValueError(
+            f"{source} has no image or audio column; its columns are {columns}. "
+            "Pass --image_column and/or --audio_column."
+        )
+    return roles
+
+
+def _canonical_columns(split, roles):
+    """Keep the chosen columns, named `image`/`caption`/`audio`, with the feature types mm reads."""
+    split = split.select_columns(list(roles.values()))
+    split = split.rename_columns({column: role for role, column in roles.items() if column != role})
+    if "image" in roles:
+        split = split.cast_column("image", Image())
+    if "audio" in roles:
+        streaming = isinstance(split, IterableDataset)
+        split = split.cast_column("audio", AUDIO_STRUCT if streaming else Audio(decode=False))
+    return split
+
+
+def _with_validation_split(splits):
+    """Carve a deterministic validation split off `train` when the source has none (sizes: module constants)."""
+    if "validation" in splits or "train" not in splits:
+        return splits
+    train = splits["train"]
+    if isinstance(train, IterableDataset):
+        return {**splits, "train": train.skip(MAX_VALIDATION_ROWS), "validation": train.take(MAX_VALIDATION_ROWS)}
+    if len(train) < 2:
+        logger.warning("train has %d row(s): too few to carve a validation split from; none made.", len(train))
+        return splits
+    size = min(MAX_VALIDATION_ROWS, max(1, round(VALIDATION_FRACTION * len(train))))
+    carved = train.train_test_split(test_size=size, seed=0)
+    return {**splits, "train": carved["train"], "validation": carved["test"]}
+
+
+def _to_iterable(split):
+    if "audio" in split.column_names:
+        split = split.cast_column("audio", AUDIO_STRUCT)  # see the module docstring
+    return split.to_iterable_dataset()
+
+
+# ---------------------------------------------------------------------------------------------- bad rows
+
+
+def filter_unreadable(dataset, image_column="image", audio_column="audio", caption_column="caption"):
+    """Drop rows whose image or audio cannot be decoded or whose caption is empty, and say so in the log.
+
+    Logs `skipped N of M rows: <first reasons>` as a warning. Pass `None` for a column to not check it; a
+    column the dataset lacks is not checked either. A `Dataset` is checked now; an `IterableDataset` as it
+    is read, with a warning every 10,000 rows that found bad ones and one at the end of each pass.
+
+    >>> clean = filter_unreadable(load_user_dataset("my_photos/")["train"])  # doctest: +SKIP
+    """
+    present = set(dataset.column_names)
+    problem = partial(
+        _problem,
+        image_column=image_column if image_column in present else None,
+        audio_column=audio_column if audio_column in present else None,
+        caption_column=caption_column if caption_column in present else None,
+    )
+    if isinstance(dataset, IterableDataset):
+        rows = _undecoded(dataset, image_column, audio_column)
+        # `features` decodes the images again on the way out: the filter itself must see their raw bytes.
+        return IterableDataset.from_generator(
+            _readable_rows, gen_kwargs={"rows": rows, "problem": problem}, features=dataset.features
+        )
+    checked = [name for name in (image_column, audio_column, caption_column) if name in present]
+    rows = _undecoded(dataset.select_columns(checked), image_column, audio_column)
+    reasons = {index: reason for index, reason in enumerate(map(problem, rows)) if reason}
+    if reasons:
+        _log_skipped(len(reasons), len(dataset), [f"row {index}: {reason}" for index, reason in reasons.items()])
+        dataset = dataset.select([index for index in range(len(dataset)) if index not in reasons])
+    return dataset
+
+
+def _undecoded(dataset, image_column, audio_column):
+    """The dataset with images (and `Audio` columns) left as bytes/paths, so a corrupt file cannot raise."""
+    features = dataset.features or {}
+    if isinstance(features.get(image_column), Image):
+        dataset = dataset.cast_column(image_column, Image(decode=False))
+    if isinstance(features.get(audio_column), Audio):
+        dataset = dataset.cast_column(audio_column, Audio(decode=False))
+    return dataset
+
+
+def _readable_rows(rows, problem):
+    """Yield the readable rows of a stream, warning periodically and at the end about the skipped ones."""
+    seen, reasons, logged = 0, [], 0
+    for seen, row in enumerate(rows, start=1):
+        reason = problem(row)
+        if reason:
+            reasons.append(f"row {seen - 1}: {reason}")
+        else:
+            yield row
+        if seen % STREAMING_LOG_EVERY == 0 and len(reasons) > logged:
+            _log_skipped(len(reasons), seen, reasons, so_far=True)
+            logged = len(reasons)
+    if reasons:
+        _log_skipped(len(reasons), seen, reasons)
+
+
+def _log_skipped(skipped, total, reasons, so_far=False):
+    shown = "; ".join(reasons[:MAX_REASONS_LOGGED]) + ("; ..." if len(reasons) > MAX_REASONS_LOGGED else "")
+    logger.warning("skipped %d of %d rows%s: %s", skipped, total, " so far" if so_far else "", shown)
+
+
+def _problem(row, *, image_column, audio_column, caption_column):
+    """Why `row` is unusable, in a few words, or None when it is fine. A column set to None is not checked."""
+    if caption_column and not (isinstance(row[caption_column], str) and row[caption_column].strip()):
+        return f"empty caption {row[caption_column]!r}"
+    # Decoders raise almost anything on garbage input (OSError, ValueError, SyntaxError, struct.error, ...);
+    # whatever it is, the row is unreadable and the reason says why.
+    if image_column:
+        try:
+            _open_image(row[image_column]).load()
+        except Exception as err:
+            return f"unreadable image {_describe(row[image_column])}: {err}"
+    if audio_column:
+        try:
+            if decode_audio(row[audio_column])[0].size == 0:
+                return f"empty audio {_describe(row[audio_column])}"
+        except Exception as err:
+            return f"unreadable audio {_describe(row[audio_column])}: {err}"
+    return None
+
+
+def _open_image(value):
+    if value is None:
+        raise ValueError("no image")
+    return PILImage.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
+
+
+def _describe(value):
+    return repr(value.get("path") or "<bytes>") if isinstance(value, dict) else repr(value)
