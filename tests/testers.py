@@ -1,0 +1,88 @@
+"""Tiny builders shared by the test files: a tokenizer, a processor matching a preset, and a clean-subprocess runner.
+
+Nothing here touches the network: the tokenizer is trained on synthetic captions in well under a second.
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from configuration_mm import MMConfig
+from processing_mm import MMFeatureExtractor, MMImageProcessor, MMProcessor, train_tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The top-level packages of this repository; a consumer of a saved checkpoint has none of them.
+MM_PACKAGES = ("configuration_mm", "modeling_mm", "processing_mm", "training_mm")
+
+COLOURS = ("red", "green", "blue", "yellow", "black", "white", "purple", "orange")
+SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
+TEMPLATES = ("a photo of a {c} {s}", "a {c} {s} on a grey background", "the sound of a {c} {s}")
+
+
+def tiny_captions() -> list[str]:
+    """A few dozen synthetic captions (colour x shape x template), the vocabulary of the tiny tests."""
+    return [t.format(c=c, s=s) for t in TEMPLATES for c in COLOURS for s in SHAPES]
+
+
+def tiny_tokenizer(model_max_length: int = 32, vocab_size: int = 400):
+    """A byte-level BPE trained on `tiny_captions()`; `len(tokenizer)` fits the tiny preset's vocab_size (512)."""
+    return train_tokenizer(tiny_captions(), vocab_size=vocab_size, model_max_length=model_max_length)
+
+
+def tiny_processor(preset: str = "tiny") -> MMProcessor:
+    """An `MMProcessor` sized for `MMConfig.from_preset(preset)`: image size, mel bins, max audio frames, text length.
+
+    For "tiny": 32 px images, 32 mel bins, at most 128 frames (1.28 s), texts of at most 32 tokens.
+    """
+    config = MMConfig.from_preset(preset)
+    image_size = config.vision_config.image_size
+    return MMProcessor(
+        image_processor=MMImageProcessor(size=image_size, crop_size=image_size),
+        feature_extractor=MMFeatureExtractor(
+            feature_size=config.audio_config.num_mel_bins,
+            max_length=2 * config.audio_config.max_source_positions,
+        ),
+        tokenizer=tiny_tokenizer(model_max_length=config.text_config.max_position_embeddings),
+    )
+
+
+# Prepended to the child's code: makes this repository's packages unimportable, as on a consumer's machine, even
+# when the project is `pip install -e`'d (which adds the repo root through a .pth path or an "__editable__" finder).
+_CLEAN_PRELUDE = f"""
+import importlib.util, os, sys
+_repo = {str(REPO_ROOT)!r}
+sys.path[:] = [p for p in sys.path if p and "__editable__" not in p and os.path.abspath(p) != _repo]
+# setuptools' editable finder sits in sys.meta_path as a class (or an instance, depending on the version).
+sys.meta_path[:] = [
+    f for f in sys.meta_path if "__editable__" not in (getattr(f, "__module__", "") + type(f).__module__)
+]
+sys.path_importer_cache.clear()
+for _name in {MM_PACKAGES!r}:
+    assert importlib.util.find_spec(_name) is None, f"{{_name}} is importable in the clean subprocess"
+"""
+
+
+def run_clean(code: str, cwd) -> str:
+    """Runs `code` in a fresh Python where none of this repository's packages can be imported; returns its stdout.
+
+    The child runs isolated (`python -I`: no PYTHONPATH, no user site, no current directory on sys.path), offline,
+    with its own Hugging Face modules cache, so remote code is imported from the saved files and nothing else.
+    Raises `RuntimeError` with the child's stderr if it fails.
+    """
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONNOUSERSITE="1")
+    with tempfile.TemporaryDirectory(prefix="hf_modules_") as modules_cache:
+        env["HF_MODULES_CACHE"] = modules_cache
+        result = subprocess.run(
+            [sys.executable, "-I", "-c", _CLEAN_PRELUDE + code],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    if result.returncode != 0:
+        raise RuntimeError(f"clean subprocess failed (exit {result.returncode}):\n{result.stderr[-6000:]}")
+    return result.stdout
