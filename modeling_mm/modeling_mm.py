@@ -11,7 +11,7 @@ from .modeling_mm_audio import MMAudioModel
 from .modeling_mm_layers import masked_mean
 from .modeling_mm_losses import CONTRASTIVE_LOSSES, gather_no_grad, gather_with_grad, hash_powers, text_group_ids
 from .modeling_mm_text import MMTextModel
-from .modeling_mm_utils import MMConfig, MMPreTrainedModel
+from .modeling_mm_utils import MMAudioConfig, MMConfig, MMPreTrainedModel
 from .modeling_mm_vision import MMVisionModel
 
 
@@ -196,7 +196,7 @@ class MMModel(MMPreTrainedModel):
         )
 
     def _audio_tower(self, input_features, audio_attention_mask, **kwargs):
-        if isinstance(self.audio_model, MMAudioModel):
+        if self.config.audio_config.model_type == MMAudioConfig.model_type:
             return self.audio_model(input_features=input_features, audio_attention_mask=audio_attention_mask, **kwargs)
         # A tower of another architecture takes its own input name and mask name (e.g. `attention_mask`).
         return self.audio_model(
@@ -223,7 +223,9 @@ class MMModel(MMPreTrainedModel):
 def _build_tower(mm_class, config):
     """Our own tower for our config; any transformers architecture otherwise (a pretrained BERT, ViT, ...),
     composed the way `VisionTextDualEncoderModel` does."""
-    if isinstance(config, mm_class.config_class):
+    # Compared by model_type, not isinstance: as remote code, transformers may import configuration_mm.py twice
+    # (once for AutoConfig, once next to the modeling files), giving two distinct MMTextConfig classes.
+    if config.model_type == mm_class.config_class.model_type:
         return mm_class._from_config(config)
     from transformers import AutoModel
 
