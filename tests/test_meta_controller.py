@@ -1,0 +1,246 @@
+"""MetaControllerCallback on a toy regression trained by the real `Trainer` (CPU, a few seconds per run).
+
+On this toy the tuned learning rate is 3e-2 (AdamW, linear decay, 400 steps); 3e-3 and 3e-1 are the
+"10x too low / too high" runs. `train_toy` is also what the controller's measurements were taken with.
+"""
+
+import math
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from training_mm.meta_controller import HISTORY_COLUMNS, STATE_FILE, MetaControllerCallback
+
+
+TUNED_LR = 3e-2
+
+
+class ToyRegressor(nn.Module):
+    def __init__(self, nan_at_call=None, loss_scales=None):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 1))
+        self.nan_at_call = nan_at_call  # training forward call (1-based) whose loss is NaN
+        self.loss_scales = loss_scales  # cycled per training call: adversarial loss magnitudes
+        self.calls = 0
+
+    def forward(self, x, labels=None):
+        loss = nn.functional.mse_loss(self.net(x).squeeze(-1), labels)
+        if self.training:
+            self.calls += 1
+            if self.calls == self.nan_at_call:
+                loss = loss * float("nan")
+            if self.loss_scales:
+                loss = loss * self.loss_scales[self.calls % len(self.loss_scales)]
+        return {"loss": loss}
+
+
+def toy_data(n, seed):
+    """y = teacher(x) + noise, with a fixed random tanh teacher."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 16, generator=generator)
+    teacher = torch.Generator().manual_seed(123)
+    w1 = torch.randn(16, 32, generator=teacher) / 4
+    w2 = torch.randn(32, generator=teacher) / 5
+    y = 3 * torch.tanh(x @ w1) @ w2 + 0.1 * torch.randn(n, generator=generator)
+    return [{"x": xi, "labels": yi} for xi, yi in zip(x, y)]
+
+
+TRAIN, EVAL = toy_data(4096, 0), toy_data(1024, 1)
+
+
+def train_toy(output_dir, lr, *callbacks, steps=400, seed=0, scheduler="linear", warmup_steps=0, model=None, **kwargs):
+    """Train the toy regressor with Trainer; returns (eval loss, trainer)."""
+    torch.manual_seed(seed)
+    kwargs.setdefault("save_strategy", "no")
+    args = TrainingArguments(
+        output_dir,
+        max_steps=steps,
+        learning_rate=lr,
+        lr_scheduler_type=scheduler,
+        warmup_steps=warmup_steps,
+        per_device_train_batch_size=64,
+        seed=seed,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        logging_steps=50,
+        **kwargs,
+    )
+    trainer = Trainer(
+        model=model or ToyRegressor(), args=args, train_dataset=TRAIN, eval_dataset=EVAL, callbacks=list(callbacks)
+    )
+    trainer.train(resume_from_checkpoint=kwargs.get("resume_from_checkpoint"))
+    return trainer.evaluate()["eval_loss"], trainer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The toy's ops are tiny: with several threads, synchronisation costs dominate (10-30x slower here).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def baselines(tmp_path_factory):
+    """Eval loss without the controller, per learning rate."""
+    out = tmp_path_factory.mktemp("baselines")
+    return {lr: train_toy(out, lr)[0] for lr in (TUNED_LR / 10, TUNED_LR, TUNED_LR * 10)}
+
+
+def test_too_low_learning_rate_is_raised(tmp_path, baselines):
+    controller = MetaControllerCallback()
+    loss, _ = train_toy(tmp_path, TUNED_LR / 10, controller)
+    assert controller.multiplier > 3
+    assert loss < 0.8 * baselines[TUNED_LR / 10]
+    assert loss < 1.2 * baselines[TUNED_LR]
+    # It learned this from its meta-gradient within a few windows: the first window's hypergradient says
+    # "larger steps would have helped", and by step 50 the decided multiplier is already above 3.
+    column = {name: i for i, name in enumerate(HISTORY_COLUMNS)}
+    first, fifth = controller.history[0], controller.history[4]
+    assert first[column["hypergradient"]] < -0.3
+    assert fifth[column["step"]] == 50 and math.exp(fifth[column["decided_log_multiplier"]]) > 3
+
+
+def test_too_high_learning_rate_is_cut(tmp_path, baselines):
+    controller = MetaControllerCallback()
+    loss, _ = train_toy(tmp_path, TUNED_LR * 10, controller)
+    assert controller.multiplier < 0.5
+    assert controller.cuts > 0
+    assert loss < 0.5 * baselines[TUNED_LR * 10]
+
+
+def test_tuned_learning_rate_is_not_hurt(tmp_path, baselines):
+    controller = MetaControllerCallback()
+    loss, trainer = train_toy(tmp_path, TUNED_LR, controller)
+    assert 0.3 < controller.multiplier < 3
+    assert loss < 1.1 * baselines[TUNED_LR]
+    # The multiplier and the meta-objective are in the Trainer logs (hence in trainer_state.json).
+    train_logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert all({"meta_lr_multiplier", "meta_hypergradient", "meta_loss"} <= entry.keys() for entry in train_logs)
+
+
+class LearningRateSpy(TrainerCallback):
+    """Records, just before each optimizer step, the learning rate the step will use and the schedule's own."""
+
+    def __init__(self, controller):
+        self.controller = controller
+        self.rows = []
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        self.rows.append((optimizer.param_groups[0]["lr"], lr_scheduler.get_last_lr()[0], self.controller.multiplier))
+
+
+def test_learning_rate_stays_finite_and_positive_under_adversarial_losses(tmp_path):
+    # Loss magnitudes jumping over 20 orders of magnitude, unclipped gradients, warmup then cosine decay.
+    controller = MetaControllerCallback(interval=3)
+    spy = LearningRateSpy(controller)
+    model = ToyRegressor(loss_scales=[1e-10, 1e10, 1.0, 1e5, 1e-5, 1e8])
+    torch.manual_seed(0)
+    args = TrainingArguments(
+        tmp_path,
+        max_steps=120,
+        learning_rate=1e-2,
+        lr_scheduler_type="cosine",
+        warmup_steps=20,
+        max_grad_norm=0.0,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        save_strategy="no",
+    )
+    Trainer(model=model, args=args, train_dataset=TRAIN, callbacks=[controller, spy]).train()
+
+    assert len(spy.rows) == 120
+    for lr, scheduled, multiplier in spy.rows[1:]:  # step 1 runs at the warmup's initial 0
+        assert math.isfinite(lr) and lr > 0
+        assert 1e-2 <= multiplier <= 1e2
+        # The multiplier sits on top of the schedule, which keeps stepping its own values.
+        assert lr == pytest.approx(scheduled * multiplier, rel=1e-6)
+    assert len({multiplier for *_, multiplier in spy.rows}) > 5  # the controller did act on these signals
+
+
+def test_non_finite_loss_stops_before_any_nan_weights_are_written(tmp_path):
+    model = ToyRegressor(nan_at_call=8)
+    with pytest.raises(FloatingPointError, match=r"Training loss is nan at step 8.*Lower `learning_rate`"):
+        train_toy(tmp_path, TUNED_LR, MetaControllerCallback(), model=model, save_strategy="steps", save_steps=5)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-5"]
+    saved = load_file(tmp_path / "checkpoint-5" / "model.safetensors")
+    assert all(torch.isfinite(tensor).all() for tensor in saved.values())
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the NaN step was never applied
+
+
+class SnapshotAtStep(TrainerCallback):
+    """Copies the controller's state when training (re)starts or when it saves at `step`."""
+
+    def __init__(self, controller, step):
+        self.controller, self.step, self.snapshot = controller, step, None
+
+    def take(self):
+        c = self.controller
+        weights = {k: v.clone() for k, v in {**c.lstm.state_dict(), **c.head.state_dict()}.items()}
+        return c.multiplier, [list(row) for row in c.history], weights, c.hidden[0].clone()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            self.snapshot = self.take()
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            self.snapshot = self.take()
+
+
+def assert_same_state(a, b):
+    multiplier_a, history_a, weights_a, hidden_a = a
+    multiplier_b, history_b, weights_b, hidden_b = b
+    assert multiplier_a == multiplier_b
+    assert torch.equal(torch.tensor(history_a), torch.tensor(history_b))  # NaN-free here
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert torch.equal(hidden_a, hidden_b)
+
+
+def test_resume_restores_the_controller_and_continues_identically(tmp_path):
+    lr, common = TUNED_LR / 10, {"steps": 60, "save_strategy": "steps", "save_steps": 30}
+
+    controller = MetaControllerCallback()
+    saved = SnapshotAtStep(controller, 30)
+    _, uninterrupted = train_toy(tmp_path, lr, controller, saved, **common)
+    assert controller.multiplier != 1.0 and len(controller.history) == 6  # something worth restoring
+    assert (tmp_path / "checkpoint-30" / STATE_FILE).is_file()
+    final = SnapshotAtStep(controller, 60).take()
+    final_weights = {k: v.clone() for k, v in uninterrupted.model.state_dict().items()}
+
+    # A new process would build a new callback with the same arguments and resume from the checkpoint.
+    controller = MetaControllerCallback()
+    restored = SnapshotAtStep(controller, 30)
+    checkpoint = str(tmp_path / "checkpoint-30")
+    _, resumed = train_toy(tmp_path, lr, controller, restored, resume_from_checkpoint=checkpoint, **common)
+    assert_same_state(restored.snapshot, saved.snapshot)
+    assert_same_state(SnapshotAtStep(controller, 60).take(), final)
+    assert all(torch.equal(final_weights[k], v) for k, v in resumed.model.state_dict().items())
+
+
+def test_resume_with_different_arguments_is_refused(tmp_path):
+    MetaControllerCallback(hidden_size=8).save(tmp_path)
+    with pytest.raises(ValueError, match="hidden_size.*same arguments"):
+        MetaControllerCallback(hidden_size=16).load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"interval": 1}, "interval"),
+        ({"min_multiplier": 2.0}, "min_multiplier=2.0"),
+        ({"max_multiplier": 0.5}, "max_multiplier=0.5"),
+        ({"meta_learning_rate": 0.0}, "meta_learning_rate"),
+    ],
+)
+def test_bad_arguments_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MetaControllerCallback(**kwargs)
