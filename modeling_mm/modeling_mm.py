@@ -113,6 +113,13 @@ class MMModel(MMPreTrainedModel):
                 setattr(model, f"{name}_model", AutoModel.from_pretrained(path))
         return model
 
+    def get_input_embeddings(self):
+        """The text tower's token embeddings (what PEFT and `resize_token_embeddings` look for)."""
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.text_model.set_input_embeddings(value)
+
     def get_text_features(self, input_ids, attention_mask=None, **kwargs):
         """L2-normalised text embeddings (B, projection_dim)."""
         outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
