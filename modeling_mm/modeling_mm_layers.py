@@ -151,6 +151,7 @@ class MMTowerModel(MMPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
+        embeddings = embeddings.contiguous()  # the stems' transposes leave (B, D, T) strides: copy once, not per layer
         # The 2-D padding mask becomes what the attention back-end wants (additive 4-D, BlockMask, or None).
         attention_mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=embeddings, attention_mask=padding_mask
