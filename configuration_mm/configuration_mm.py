@@ -5,7 +5,13 @@ This file is also Hub remote code: `save_pretrained` copies it flat next to the 
 only `transformers` and the standard library.
 """
 
+from typing import TYPE_CHECKING
+
 from transformers import PreTrainedConfig
+
+if TYPE_CHECKING:  # never executed: see REMOTE_CODE_CLOSURE below
+    from .modeling_mm_generation import MMForConditionalGeneration  # noqa: F401
+    from .pipeline_mm import MMImageToTextPipeline, MMSpeechRecognitionPipeline  # noqa: F401
 
 # Attention back-ends the encoders dispatch to through transformers' attention interface.
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
@@ -182,6 +188,44 @@ class MMAudioConfig(_MMEncoderConfig):
         _check_positive(self, "num_mel_bins", "max_source_positions")
 
 
+class MMDecoderConfig(MMTextConfig):
+    r"""Caption decoder: a causal transformer over token ids, with rotary positions, that cross-attends to the image
+    and/or audio tower states (see `MMForConditionalGeneration`).
+
+    It reads and writes the text tower's tokenizer, so inside `MMConfig` its `vocab_size` and special token ids are
+    `text_config`'s, and its `max_position_embeddings` defaults to `text_config`'s.
+
+    Args:
+        max_position_embeddings (`int`): the longest text (prompt + caption, in tokens) the decoder is trained on;
+            `generate` stops there unless asked for more (rotary positions have no hard limit).
+        rope_theta (`float`): base period of the rotary position embedding (RoFormer; Su et al., 2021).
+        Other arguments: see `MMTextConfig`.
+
+    Example:
+    ```python
+    >>> from configuration_mm import MMDecoderConfig
+    >>> MMDecoderConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    ```
+    """
+
+    model_type = "mm_decoder"
+    base_config_key = "decoder_config"
+
+    def __init__(self, rope_theta=10000.0, **kwargs):
+        self.rope_theta = rope_theta
+        super().__init__(**kwargs)
+        _check_positive(self, "rope_theta")
+        if (self.hidden_size // self.num_attention_heads) % 2 != 0:
+            raise ValueError(
+                f"MMDecoderConfig: rotary positions need an even head size, got hidden_size ({self.hidden_size}) / "
+                f"num_attention_heads ({self.num_attention_heads}) = {self.hidden_size // self.num_attention_heads}."
+            )
+
+
+# What the decoder always takes from the text tower: they share one tokenizer.
+_TOKENIZER_FIELDS = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")
+
+
 class MMConfig(PreTrainedConfig):
     r"""The mm model: text, vision and audio towers projected into one embedding space (CLIP/ImageBind style).
 
@@ -192,8 +236,12 @@ class MMConfig(PreTrainedConfig):
             (pairwise sigmoid with a learnable temperature and bias).
         logit_scale_init_value (`float`): initial log of the temperature's inverse (CLIP: ln(1/0.07)).
         logit_bias_init_value (`float`): initial bias of the sigmoid loss (SigLIP: -10).
+        decoder_config (`dict` or `MMDecoderConfig`): the caption decoder of `MMForConditionalGeneration`. Its
+            `vocab_size` and special token ids are always `text_config`'s (one tokenizer serves both), and its
+            `max_position_embeddings` defaults to `text_config`'s.
         caption_loss_weight, contrastive_loss_weight: weights of the captioning and contrastive losses when the
             generation head trains on both (CoCa style); see `MMForConditionalGeneration`.
+        tie_word_embeddings (`bool`): share the decoder's input embeddings with its output layer.
 
     Example:
     ```python
@@ -205,7 +253,12 @@ class MMConfig(PreTrainedConfig):
     """
 
     model_type = "mm"
-    sub_configs = {"text_config": MMTextConfig, "vision_config": MMVisionConfig, "audio_config": MMAudioConfig}
+    sub_configs = {
+        "text_config": MMTextConfig,
+        "vision_config": MMVisionConfig,
+        "audio_config": MMAudioConfig,
+        "decoder_config": MMDecoderConfig,
+    }
 
     def __init__(
         self,
@@ -218,11 +271,24 @@ class MMConfig(PreTrainedConfig):
         logit_bias_init_value=-10.0,
         caption_loss_weight=1.0,
         contrastive_loss_weight=0.0,
+        decoder_config=None,
+        tie_word_embeddings=True,
         **kwargs,
     ):
         self.text_config = _as_config(MMTextConfig, text_config)
         self.vision_config = _as_config(MMVisionConfig, vision_config)
         self.audio_config = _as_config(MMAudioConfig, audio_config)
+        if decoder_config is None or isinstance(decoder_config, dict):
+            text_length = getattr(self.text_config, "max_position_embeddings", None)
+            defaults = {"max_position_embeddings": text_length} if text_length else {}
+            decoder_config = {**defaults, **(decoder_config or {})}
+        self.decoder_config = _as_config(MMDecoderConfig, decoder_config)
+        # One tokenizer serves the text tower and the decoder: the decoder's vocabulary and special tokens are the
+        # text tower's, also when that tower is swapped for another architecture (MMModel.from_encoders).
+        for name in _TOKENIZER_FIELDS:
+            if getattr(self.text_config, name, None) is not None:
+                setattr(self.decoder_config, name, getattr(self.text_config, name))
+        self.tie_word_embeddings = tie_word_embeddings
         self.projection_dim = projection_dim
         self.loss_type = loss_type
         self.logit_scale_init_value = logit_scale_init_value
@@ -239,6 +305,13 @@ class MMConfig(PreTrainedConfig):
             if getattr(self, name) < 0:
                 raise ValueError(f"MMConfig.{name} must be >= 0, got {getattr(self, name)!r}.")
         _check_attn_implementation(self)
+
+    def get_text_config(self, decoder=None, encoder=None):
+        """`encoder=True`: the text tower. Otherwise the caption decoder, which is what `generate` sizes its cache
+        and reads its special tokens from (the base class would pick `text_config`, the bidirectional text tower)."""
+        if encoder and not decoder:
+            return self.text_config
+        return self.decoder_config
 
     @classmethod
     def from_preset(cls, name, **overrides):
@@ -286,7 +359,23 @@ AUTO_MAP = {
 }
 # `pipeline()` reads this entry before its own task table, which is what makes "image-to-text" work on
 # every transformers 5.x (the task was removed in 5.0-5.18 and rerouted to image-text-to-text later).
-CUSTOM_PIPELINES = {}
+CUSTOM_PIPELINES = {
+    "image-to-text": {
+        "impl": "pipeline_mm.MMImageToTextPipeline",
+        "pt": ["AutoModelForImageTextToText"],
+        "type": "multimodal",
+    },
+    # The stock ASR pipeline treats a model whose class it does not list as CTC; this one generates.
+    "automatic-speech-recognition": {
+        "impl": "pipeline_mm.MMSpeechRecognitionPipeline",
+        "pt": ["AutoModelForSpeechSeq2Seq"],
+        "type": "audio",
+    },
+}
+# REMOTE_CODE_CLOSURE: transformers copies a remote-code class's file and the files it relatively imports (found by a
+# regex, so also inside `if TYPE_CHECKING:`) into its module cache, and `save_remote_code` re-saves from there. The
+# never-executed imports at the top of this file put every file that AUTO_MAP and CUSTOM_PIPELINES name into that
+# closure, so re-saving any loaded mm model (even a plain MMModel) keeps the generation head and the pipelines.
 
 _TINY_ENCODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 PRESETS = {
@@ -295,6 +384,7 @@ PRESETS = {
         text_config=dict(vocab_size=512, max_position_embeddings=32, **_TINY_ENCODER),
         vision_config=dict(image_size=32, patch_size=8, **_TINY_ENCODER),
         audio_config=dict(num_mel_bins=32, max_source_positions=64, **_TINY_ENCODER),
+        decoder_config=dict(_TINY_ENCODER),
         projection_dim=32,
     ),
     # The CPU default job: trains in minutes on 2 cores.
@@ -311,10 +401,12 @@ PRESETS = {
             num_mel_bins=64, max_source_positions=200, hidden_size=128, intermediate_size=512,
             num_hidden_layers=3, num_attention_heads=4,
         ),
+        decoder_config=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4),
         projection_dim=128,
     ),
     # ~160M parameters: ViT-B/16 at 224 px (86M), a 12-layer 512-wide text tower (54M with its 32k vocabulary),
-    # a 12-layer 384-wide audio tower (21M).
+    # a 12-layer 384-wide audio tower (21M). The caption decoder of MMForConditionalGeneration adds ~41M (6 layers,
+    # 512 wide, its 32k embedding tied to its output layer).
     "base": dict(
         text_config=dict(
             vocab_size=32000, max_position_embeddings=77, hidden_size=512, intermediate_size=2048,
@@ -328,6 +420,7 @@ PRESETS = {
             num_mel_bins=80, max_source_positions=500, hidden_size=384, intermediate_size=1536,
             num_hidden_layers=12, num_attention_heads=6,
         ),
+        decoder_config=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=6, num_attention_heads=8),
         projection_dim=512,
     ),
 }

@@ -8,6 +8,8 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 
+from .modeling_mm_losses import hash_powers
+
 try:  # flat Hub folder (remote code): the config file sits next to this one
     from .configuration_mm import MMAudioConfig, MMConfig, MMTextConfig, MMVisionConfig
 except ImportError:  # installed package: the config lives in the sibling package `configuration_mm`
@@ -27,7 +29,10 @@ REMOTE_CODE_FILES = {
         "modeling_mm_audio.py",
         "modeling_mm_losses.py",
         "modeling_mm.py",
+        "modeling_mm_decoder.py",
+        "modeling_mm_generation.py",
     ),
+    "processing_mm": ("pipeline_mm.py",),
 }
 
 
@@ -76,6 +81,10 @@ class MMPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        # Non-persistent buffers are not in the checkpoint: transformers 5 builds the model on the meta device,
+        # so they must be (re)computed here or they hold garbage after `from_pretrained`.
+        if hasattr(module, "text_hash_powers"):
+            init.copy_(module.text_hash_powers, hash_powers(module.text_hash_powers.shape[-1]))
         if hasattr(module, "position_ids"):
             init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
         if hasattr(module, "logit_scale"):

@@ -213,3 +213,14 @@ def test_towers_from_existing_checkpoints_keep_their_weights(tmp_path):
     reloaded = MMModel.from_pretrained(tmp_path / "mm").eval()
     assert type(reloaded.text_model).__name__ == "BertModel"
     torch.testing.assert_close(reloaded(**batch).logits_per_image, model.eval()(**batch).logits_per_image)
+
+
+def test_loaded_model_finds_the_same_positives(tmp_path):
+    """Buffers that are not saved (the text hash weights) are rebuilt on load, so positives survive a reload."""
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    reloaded = MMModel.from_pretrained(tmp_path)
+    torch.testing.assert_close(reloaded.text_hash_powers, model.text_hash_powers)
+    batch = tiny_batch()
+    batch["input_ids"][1] = batch["input_ids"][0]
+    torch.testing.assert_close(reloaded(**batch, return_loss=True).loss, model(**batch, return_loss=True).loss)

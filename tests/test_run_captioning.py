@@ -1,0 +1,133 @@
+"""examples/run_captioning.py end to end, called as `main([...])` on tiny settings: the built-in data (captions from
+images, scored by BLEU/CIDEr before and after), user data in a folder (captions from audio), the errors a user can
+run into; plus the caption metrics it reports."""
+
+import importlib.util
+import json
+import os
+import sys
+
+import datasets
+import pytest
+from huggingface_hub import ModelCard
+
+from testers import REPO_ROOT
+from training_mm.caption_metrics import bleu, caption_metrics, cider_d, tokenize
+from training_mm.synthetic_data import build_synthetic_dataset, write_folder
+
+spec = importlib.util.spec_from_file_location("run_captioning", REPO_ROOT / "examples" / "run_captioning.py")
+run_captioning = importlib.util.module_from_spec(spec)
+sys.modules["run_captioning"] = run_captioning  # Trainer pickles the script's TrainingArguments subclass by name
+spec.loader.exec_module(run_captioning)
+
+NUM_TRAIN, NUM_EVAL = 48, 16
+TINY = [
+    "--preset", "tiny",
+    "--num_train_samples", str(NUM_TRAIN),
+    "--num_eval_samples", str(NUM_EVAL),
+    "--per_device_train_batch_size", "16",
+    "--per_device_eval_batch_size", "16",
+    "--learning_rate", "3e-3",
+    "--warmup_steps", "0",
+    "--max_steps", "30",
+    "--eval_strategy", "no",
+    "--save_strategy", "no",
+    "--logging_steps", "10",
+    "--generation_max_new_tokens", "16",
+]
+
+
+@pytest.fixture(scope="module")
+def builtin_data(tmp_path_factory):
+    """MM_CACHE pointing at a folder holding the tiny built-in data that `TINY` asks for."""
+    cache = tmp_path_factory.mktemp("mm_cache")
+    previous = os.environ.get("MM_CACHE")
+    os.environ["MM_CACHE"] = str(cache)
+    splits = build_synthetic_dataset(num_train=NUM_TRAIN, num_validation=NUM_EVAL, num_test=NUM_EVAL, image_size=32)
+    yield splits
+    if previous is None:
+        os.environ.pop("MM_CACHE", None)
+    else:
+        os.environ["MM_CACHE"] = previous
+
+
+@pytest.fixture(autouse=True)
+def private_hf_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+
+
+def test_builtin_run_beats_the_untrained_model_and_writes_a_captioner(builtin_data, tmp_path, capsys):
+    output_dir = tmp_path / "out"
+    metrics = run_captioning.main([*TINY, "--output_dir", str(output_dir)])
+    assert {"bleu", "cider", "baseline bleu", "baseline cider", "train_loss"} <= set(metrics)
+    assert metrics["cider"] > metrics["baseline cider"]
+    assert "CIDEr-D" in capsys.readouterr().out
+
+    files = {path.name for path in output_dir.iterdir()}
+    assert {"model.safetensors", "modeling_mm_generation.py", "pipeline_mm.py", "processor_config.json"} <= files
+    assert "training_args.bin" not in files
+    config = json.loads((output_dir / "config.json").read_text())
+    assert "image-to-text" in config["custom_pipelines"]
+    card = ModelCard.load(output_dir / "README.md")
+    assert card.data.pipeline_tag == "image-to-text"
+    assert {result.metric_type for result in card.data.eval_results} == {"bleu", "cider"}
+
+
+def test_user_folder_with_audio_captions_from_speech(builtin_data, tmp_path):
+    """A folder in imagefolder layout (metadata.jsonl with image and audio files), captioned from its audio."""
+    if "audio" not in builtin_data["train"].column_names:
+        pytest.skip("espeak-ng is not installed, so the built-in data has no audio")
+    folder = tmp_path / "data"
+    for split in ("train", "test"):
+        write_folder(builtin_data[split], folder / split)
+    metrics = run_captioning.main(
+        [*TINY, "--max_steps", "4", "--dataset_name", str(folder), "--modality", "audio",
+         "--max_eval_samples", "8", "--output_dir", str(tmp_path / "out")]
+    )
+    assert set(metrics) >= {"bleu", "cider"}
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.pipeline_tag == "automatic-speech-recognition"
+
+
+def test_asking_for_a_modality_the_data_lacks_names_the_column(builtin_data, tmp_path):
+    folder = tmp_path / "images-only"
+    for split in ("train", "test"):
+        split_data = builtin_data[split]
+        write_folder(split_data.remove_columns([c for c in ("audio",) if c in split_data.column_names]), folder / split)
+    args = [*TINY, "--dataset_name", str(folder), "--modality", "audio", "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match=r"--modality audio.*no audio column.*--audio_column"):
+        run_captioning.main(args)
+
+
+def test_existing_output_folder_is_never_overwritten_without_the_flag(builtin_data, tmp_path):
+    (tmp_path / "keep.txt").write_text("someone's file")
+    with pytest.raises(FileExistsError, match="--overwrite_output_dir"):
+        run_captioning.main([*TINY, "--output_dir", str(tmp_path)])
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+
+def test_cider_d_matches_the_coco_toolkit():
+    """Reference value computed with pycocoevalcap 1.2's CiderScorer on the same (tokenized) captions."""
+    predictions = ["a red circle on the left", "two blue stars", "a green square above a red circle"]
+    references = [
+        ["a red circle on the left", "there is a red circle on the left"],
+        ["three blue stars"],
+        ["a green square over a red circle", "a red circle under a green square"],
+    ]
+    assert cider_d(predictions, references) == pytest.approx(5.162790989383594, rel=1e-12)
+    assert bleu(predictions, references) == pytest.approx(64.50001140844256, rel=1e-9)
+
+
+def test_caption_metrics_rank_better_captions_higher_and_check_their_input():
+    references = [["a red circle on the left"], ["two blue stars"], ["a green square"]]
+    perfect = caption_metrics([refs[0] for refs in references], references)
+    partial = caption_metrics(["a red circle", "two stars", "a square"], references)
+    wrong = caption_metrics(["xyz", "xyz", "xyz"], references)
+    assert perfect["bleu"] == pytest.approx(100.0) and perfect["cider"] > partial["cider"] > wrong["cider"] == 0.0
+    assert tokenize("A red circle, on the LEFT.") == ["a", "red", "circle", "on", "the", "left"]
+    with pytest.raises(ValueError, match="one prediction per item"):
+        caption_metrics(["a"], [["a"], ["b"]])
+    with pytest.raises(ValueError, match=r"references\[0\] must be a non-empty list"):
+        caption_metrics(["a"], ["a"])
