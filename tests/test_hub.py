@@ -13,7 +13,7 @@ import transformers
 import yaml
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
-from hub_server import LocalHub, hub_server  # noqa: F401  (pytest fixture)
+from hub_server import LocalHub
 from safetensors.numpy import save_file
 
 from configuration_mm import MMConfig

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import soundfile
-import torch
 
 from test_generation import CAPTIONS, trained_captioner
 from testers import run_clean

@@ -2,58 +2,25 @@
 images, scored by BLEU/CIDEr before and after), user data in a folder (captions from audio), the errors a user can
 run into; plus the caption metrics it reports."""
 
-import importlib.util
 import json
-import os
-import sys
 
-import datasets
 import pytest
 from huggingface_hub import ModelCard
 
-from testers import REPO_ROOT
+from testers import TINY_RUN
 from training_mm.caption_metrics import bleu, caption_metrics, cider_d, tokenize
-from training_mm.synthetic_data import build_synthetic_dataset, write_folder
+from training_mm.synthetic_data import write_folder
 
-spec = importlib.util.spec_from_file_location("run_captioning", REPO_ROOT / "examples" / "run_captioning.py")
-run_captioning = importlib.util.module_from_spec(spec)
-sys.modules["run_captioning"] = run_captioning  # Trainer pickles the script's TrainingArguments subclass by name
-spec.loader.exec_module(run_captioning)
+import run_captioning
 
-NUM_TRAIN, NUM_EVAL = 48, 16
 TINY = [
-    "--preset", "tiny",
-    "--num_train_samples", str(NUM_TRAIN),
-    "--num_eval_samples", str(NUM_EVAL),
-    "--per_device_train_batch_size", "16",
-    "--per_device_eval_batch_size", "16",
+    "--preset", "tiny", *TINY_RUN,
     "--learning_rate", "3e-3",
     "--warmup_steps", "0",
     "--max_steps", "30",
-    "--eval_strategy", "no",
-    "--save_strategy", "no",
     "--logging_steps", "10",
     "--generation_max_new_tokens", "16",
-]
-
-
-@pytest.fixture(scope="module")
-def builtin_data(tmp_path_factory):
-    """MM_CACHE pointing at a folder holding the tiny built-in data that `TINY` asks for."""
-    cache = tmp_path_factory.mktemp("mm_cache")
-    previous = os.environ.get("MM_CACHE")
-    os.environ["MM_CACHE"] = str(cache)
-    splits = build_synthetic_dataset(num_train=NUM_TRAIN, num_validation=NUM_EVAL, num_test=NUM_EVAL, image_size=32)
-    yield splits
-    if previous is None:
-        os.environ.pop("MM_CACHE", None)
-    else:
-        os.environ["MM_CACHE"] = previous
-
-
-@pytest.fixture(autouse=True)
-def private_hf_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+]  # fmt: skip
 
 
 def test_builtin_run_beats_the_untrained_model_and_writes_a_captioner(builtin_data, tmp_path, capsys):

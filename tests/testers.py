@@ -86,3 +86,35 @@ def run_clean(code: str, cwd) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"clean subprocess failed (exit {result.returncode}):\n{result.stderr[-6000:]}")
     return result.stdout
+
+
+# Tiny example runs: the built-in data at this size (the session fixture `builtin_data` builds it once), a few steps.
+NUM_TRAIN, NUM_EVAL = 48, 16
+TINY_RUN = [
+    "--num_train_samples", str(NUM_TRAIN),
+    "--num_eval_samples", str(NUM_EVAL),
+    "--per_device_train_batch_size", "16",
+    "--per_device_eval_batch_size", "16",
+    "--max_steps", "3",
+    "--eval_strategy", "no",
+    "--save_strategy", "no",
+    "--logging_steps", "1",
+    "--report_to", "none",
+]  # fmt: skip
+
+
+def save_tiny_base(folder, model_class=None):
+    """A tiny untrained mm checkpoint with its processor, the way run_clip.py leaves one."""
+    import torch
+
+    from configuration_mm import MMConfig
+    from modeling_mm import MMModel
+
+    processor = tiny_processor()
+    tokenizer = processor.tokenizer
+    special = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("pad", "bos", "eos")}
+    torch.manual_seed(0)
+    model = (model_class or MMModel)(MMConfig.from_preset("tiny", text_config={"vocab_size": len(tokenizer), **special}))
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
