@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from training_mm.meta_controller import HISTORY_COLUMNS, STATE_FILE, MetaControllerCallback
+from training_mm.meta_controller import HISTORY_COLUMNS, START_MULTIPLIER, STATE_FILE, MetaControllerCallback
 
 
 TUNED_LR = 3e-2
@@ -117,9 +117,14 @@ def test_too_high_learning_rate_is_cut(tmp_path, baselines):
 
 def test_tuned_learning_rate_is_not_hurt(tmp_path, baselines):
     controller = MetaControllerCallback()
-    loss, trainer = train_toy(tmp_path, TUNED_LR, controller)
+    spy = LearningRateSpy(controller)
+    loss, trainer = train_toy(tmp_path, TUNED_LR, controller, spy)
     assert 0.3 < controller.multiplier < 3
     assert loss < 1.1 * baselines[TUNED_LR]
+    # Cautious start: the first steps run at x0.1 of the schedule, and the controller brings the run back to it.
+    lr, scheduled, multiplier = spy.rows[0]
+    assert multiplier == START_MULTIPLIER and lr == pytest.approx(scheduled * START_MULTIPLIER)
+    assert 0.7 < spy.rows[99][2] < 1.5
     # The multiplier and the meta-objective are in the Trainer logs (hence in trainer_state.json).
     train_logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert all({"meta_lr_multiplier", "meta_hypergradient", "meta_loss"} <= entry.keys() for entry in train_logs)

@@ -16,21 +16,36 @@ Algorithm
 2. Decision, every `interval` steps: the LSTM reads `FEATURES` (mean hypergradient, change and spread of the
    log loss, gradient-norm spike, current log multiplier, position on the schedule, relative change of the
    latest eval metric) and outputs log(multiplier), clamped to [log min_multiplier, log max_multiplier]. Its
-   output layer starts at zero, so every run starts at x1.
+   output layer starts at the constant log(`START_MULTIPLIER`) = log(0.1): every run starts cautiously, see 5.
 3. Meta-update (the outer loop): the window that followed a decision measured H, its mean hypergradient,
    i.e. d(window loss) / d(log multiplier). The LSTM is re-run on the inputs of that decision and one SGD
    step descends H * log(multiplier) through its weights: a gradient step on the training loss with respect
-   to the controller. SGD keeps the move proportional to the evidence. Two filters keep it honest:
+   to the controller. SGD keeps the move proportional to the evidence. Three filters keep it honest:
    - only windows whose hypergradient is significant (|t| >= `SIGNIFICANCE` over the window's steps) teach
-     the controller. Near the noise floor the one-step hypergradient leans towards a smaller LR
-     (short-horizon bias, Wu et al. 2018); acting on it would shrink a well-tuned LR, and annealing is the
-     schedule's job;
+     the controller;
+   - only "LR too low" (H < 0) teaches it. With Adam the sharpest directions sit at the edge of stability
+     (Cohen et al. 2022, "Adaptive Gradient Methods at the Edge of Stability"), so after the first few dozen
+     steps H is significantly positive whatever the LR: measured on the mm contrastive model, +0.03 at a
+     learning rate ten times too low and +0.08 at the tuned one (benchmarks/bench_meta_controller.py). It is
+     the short-horizon bias of the one-step hypergradient (Wu et al. 2018); acting on it shrank a tuned LR 4x.
+     An LR that is really too high shows in the loss, which the guards of 4 watch;
    - while the schedule is still rising (warmup), "LR too low" counts only in proportion to
      (scheduled LR / peak LR)^2, because a deliberately low LR is weak evidence against the multiplier.
-4. Divergence guards act at once: a step whose loss jumps above twice its recent average, beyond three
-   recent standard deviations (log scale), halves the multiplier before that step is applied; a window whose
-   mean loss rose significantly over the previous one halves it too (bold driver, Battiti 1989). Both write
-   the cut into the LSTM's output bias, so the learned controller continues from there.
+4. Bold driver (Battiti 1989), on the loss: below x1, after each decision whose last `TREND_WINDOWS` windows
+   show a significantly falling log loss (least-squares slope, t <= -`SIGNIFICANCE`), the multiplier grows by
+   `RAMP_FACTOR` = sqrt(2), up to x1; a window whose mean loss rose significantly over the previous one halves
+   it. A step whose loss jumps above twice its recent average, beyond three recent standard deviations (log
+   scale), halves it at once, before that step is applied. All three write into the LSTM's output bias, so the
+   learned controller continues from there. Growth stops at x1 because a falling loss says nothing about
+   whether a larger LR would end lower: growing on it beyond x1 brought a ten times too low run on the mm model
+   within 2% of the tuned one, but made the toy regression of tests/test_meta_controller.py end 34% worse at
+   its tuned LR. Beyond x1, only the hypergradient raises the multiplier.
+5. Why start at x0.1: the first steps of a contrastive model at a learning rate well above the tuned one
+   collapse its embeddings (the loss sits at log(batch size), the gradients vanish) before any signal exists,
+   and that cannot be undone; ten times too high a learning rate ends at chance retrieval without the
+   controller. Starting at x0.1 and growing back while the loss falls costs a tuned run little (measured: a
+   warmup-cosine run ramped from x0.1 to x1 over its first 40 steps ended where the plain run did), and
+   later in training the model tolerates larger steps than the early phase allows.
 
 How it composes with the schedule: the multiplier is folded into `optimizer.param_groups[i]["lr"]`.
 `on_optimizer_step` divides it out before the scheduler steps and `on_step_end` multiplies it back in, so
@@ -51,8 +66,12 @@ the schedule's times a positive finite factor. A non-finite training loss (or no
 fp16 loss scaling) raises `FloatingPointError` before the optimizer step, so no weights or checkpoints with
 NaN are ever written.
 
-Limits: the model must return its loss from `forward` (HF convention). Damage done by the first steps of a
-far too high LR, before any signal exists, cannot be undone; warmup gives the guards time to act. Tested
+Limits: the model must return its loss from `forward` (HF convention). Damage done by the first steps of an
+LR more than ten times too high (the cautious start covers x10), before any signal exists, cannot be undone;
+warmup gives the guards time to act. A learning rate that is too low is raised only as far as significant
+negative hypergradients carry it, which with Adam happens in the first few dozen steps only (see 3): on the mm
+model a ten times too low LR gains little. A run that does not use the full `max_steps` budget wisely at x0.1
+(very short runs without warmup) pays for the cautious start. Tested
 single-process and with DDP; under DeepSpeed the gradients are not in `param.grad`, so only the loss signals
 and guards work there. A checkpoint
 outside `output_dir` is found only through `TrainingArguments.resume_from_checkpoint`.
@@ -122,8 +141,15 @@ HISTORY_COLUMNS = ("step", *FEATURES, "decided_log_multiplier", "meta_loss")
 MAX_SAMPLED_COORDINATES = 2**16
 # Features are clipped to this range so that no signal, however wild, can saturate or break the LSTM.
 FEATURE_CLIP = 5.0
-# |t-statistic| a window's evidence needs before it moves the controller (see step 3 of the module doc).
+# |t-statistic| a window's evidence needs before it moves the controller (see steps 3 and 4 of the module doc).
 SIGNIFICANCE = 3.0
+# Cautious start and bold-driver growth (steps 4 and 5 of the module doc): the multiplier starts at
+# START_MULTIPLIER and grows RAMP_FACTOR-fold per decision while the log loss of the last TREND_WINDOWS
+# windows falls significantly.
+START_MULTIPLIER = 0.1
+RAMP_FACTOR = math.sqrt(2)
+TREND_WINDOWS = 3
+STALL_FLOOR = 0.0
 # Divergence reflex: loss above SPIKE_FACTOR x its EMA, beyond SPIKE_DEVIATIONS EMA standard deviations
 # (log scale, EMA over ~1 / (1 - LOSS_EMA_DECAY) = 10 steps).
 SPIKE_FACTOR = 2.0
@@ -138,7 +164,7 @@ class MetaControllerCallback(TrainerCallback):
         interval (`int`, defaults to 10): optimizer steps per decision. A decision's hypergradient is averaged
             over the `interval - 1` steps whose updates it fully controls.
         min_multiplier (`float`, defaults to 1e-2) and max_multiplier (`float`, defaults to 1e2): range of the
-            multiplier; it must contain 1, where every run starts.
+            multiplier; it must contain 1 (a run resumed without saved controller state continues at x1).
         hidden_size (`int`, defaults to 16): LSTM hidden size.
         meta_learning_rate (`float`, defaults to 5.0): SGD learning rate of the controller. A significant window
             with mean hypergradient H moves log(multiplier) by roughly -meta_learning_rate * H; |H| <= 1 and is
@@ -146,7 +172,7 @@ class MetaControllerCallback(TrainerCallback):
         seed (`int`, defaults to 0): seed of the controller's initial weights (the global RNG is left untouched).
 
     Attributes:
-        multiplier (`float`): the multiplier in force.
+        multiplier (`float`): the multiplier in force (`START_MULTIPLIER` at the start of a run).
         history (`list[list[float]]`): one row per decision, columns `HISTORY_COLUMNS`.
         cuts (`int`): how many times a divergence guard halved the multiplier.
     """
@@ -167,7 +193,8 @@ class MetaControllerCallback(TrainerCallback):
             )
         if not 0 < min_multiplier <= 1 <= max_multiplier < math.inf:
             raise ValueError(
-                f"Need 0 < min_multiplier <= 1 <= max_multiplier < inf, since every run starts at x1; got "
+                f"Need 0 < min_multiplier <= 1 <= max_multiplier < inf (a run resumed without saved controller state "
+                f"continues at x1); got "
                 f"min_multiplier={min_multiplier}, max_multiplier={max_multiplier}."
             )
         if hidden_size < 1 or not 0 < meta_learning_rate < math.inf:
@@ -189,15 +216,16 @@ class MetaControllerCallback(TrainerCallback):
     # ---- controller ---------------------------------------------------------------------------
 
     def _reset(self, scheduled_lr=None, peak_lr=None):
-        """Fresh controller: seeded weights, multiplier 1, no history."""
+        """Fresh controller: seeded weights, multiplier `START_MULTIPLIER` (within the bounds), no history."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config["seed"])
             self.lstm = nn.LSTMCell(len(FEATURES), self.config["hidden_size"])
             self.head = nn.Linear(self.config["hidden_size"], 1)
-        # A zero output layer decides x1 whatever the inputs: the controller moves the learning rate only
-        # once evidence has told it which way to go.
+        # A constant output layer decides the cautious start whatever the inputs: the controller moves the
+        # learning rate only once evidence has told it which way to go.
+        start = min(max(START_MULTIPLIER, self.config["min_multiplier"]), self.config["max_multiplier"])
         nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        nn.init.constant_(self.head.bias, math.log(start))
         # Plain SGD keeps the move proportional to the evidence (Adam would move as far on weak evidence as
         # on strong), and has no state of its own to checkpoint.
         self.meta_optimizer = torch.optim.SGD(
@@ -211,17 +239,18 @@ class MetaControllerCallback(TrainerCallback):
         self.prev_params = None  # sampled parameters before the last optimizer step, for Δθ
         self.history = []
         # Everything below is JSON-serialisable and checkpointed as is (see _SCALARS).
-        self.multiplier = 1.0  # folded into param_groups' lr except between on_optimizer_step and on_step_end
+        self.multiplier = start  # folded into param_groups' lr except between on_optimizer_step and on_step_end
         self.window = {"log_loss": [], "grad_norm": [], "hypergradient": []}
         self.prev_window = {"log_loss": [], "grad_norm": []}  # the last window that had measurements
         self.scheduled_lr = scheduled_lr  # the schedule's own LR at the last decision
         self.peak_lr = peak_lr  # the schedule's peak LR, to tell where warmup stands
         self.loss_ema = None  # EMA of the per-step log loss and of its squared deviation:
         self.loss_var = 0.0  # the divergence reflex's reference level and noise scale
+        self.recent_log_loss = []  # the last TREND_WINDOWS * interval per-step log losses, for the loss trend
         self.last_eval = None
         self.eval_trend = 0.0
         self.cuts = 0
-        self.last_logs = {"meta_lr_multiplier": 1.0}
+        self.last_logs = {"meta_lr_multiplier": start}
         self._loss_sum, self._loss_count = 0.0, 0
         self._stride = None
 
@@ -251,7 +280,7 @@ class MetaControllerCallback(TrainerCallback):
         evidence = hypergradient
         if scheduled_lr > self.scheduled_lr and hypergradient < 0:  # warmup: see step 3 of the module doc
             evidence *= (scheduled_lr / self.peak_lr) ** 2
-        if abs(_t_statistic(w["hypergradient"])) >= SIGNIFICANCE:
+        if hypergradient < 0 and abs(_t_statistic(w["hypergradient"])) >= SIGNIFICANCE:
             # Outer loop: descend d(loss)/d(log multiplier) of the decision in force through the LSTM.
             self.meta_optimizer.zero_grad()
             log_multiplier, _ = self._log_multiplier(*self.pending)
@@ -267,10 +296,17 @@ class MetaControllerCallback(TrainerCallback):
         if math.isfinite(log_multiplier.item()):  # keeps a NaN out; clamping again here undoes float32 rounding
             low, high = self.config["min_multiplier"], self.config["max_multiplier"]
             self.multiplier = min(max(math.exp(log_multiplier.item()), low), high)
+        # Bold driver: a loss that rose significantly over a whole window (a gradual blow-up) halves the
+        # multiplier; one that keeps falling significantly grows it back towards x1 (beyond x1, only the
+        # hypergradient raises it: see step 4 of the module doc).
         if _t_statistic(w["log_loss"], self.prev_window["log_loss"]) >= SIGNIFICANCE:
-            # Bold driver: the loss rose significantly over a whole window, a gradual blow-up that the
-            # one-step hypergradient can miss.
             self._cut()
+        elif (
+            self.multiplier < 1
+            and len(self.recent_log_loss) == TREND_WINDOWS * self.config["interval"]
+            and _slope_t_statistic(self.recent_log_loss) <= -SIGNIFICANCE
+        ):
+            self._shift(min(RAMP_FACTOR, 1 / self.multiplier))
 
         meta_loss = math.exp(_mean(w["log_loss"])) if w["log_loss"] else None
         self.history.append([step, *features[0].tolist(), math.log(self.multiplier), meta_loss or math.nan])
@@ -284,15 +320,20 @@ class MetaControllerCallback(TrainerCallback):
         # parameters skips its hypergradient, so that each window measures only its own decision.
         self.prev_params = None
 
-    def _cut(self):
-        """Halve the multiplier and write the cut into the LSTM's output bias, so that its next decisions start
-        from there (the hypergradient can still take it back)."""
-        new = max(self.multiplier / 2, self.config["min_multiplier"])
+    def _shift(self, factor):
+        """Scale the multiplier (within its bounds) and write the change into the LSTM's output bias, so that
+        its next decisions start from there."""
+        low, high = self.config["min_multiplier"], self.config["max_multiplier"]
+        new = min(max(self.multiplier * factor, low), high)
         with torch.no_grad():
             self.head.bias += math.log(new / self.multiplier)
         self.multiplier = new
-        self.cuts += 1
         self.last_logs["meta_lr_multiplier"] = new
+
+    def _cut(self):
+        """Halve the multiplier (the hypergradient and the bold driver can take it back)."""
+        self._shift(0.5)
+        self.cuts += 1
 
     # ---- signals -------------------------------------------------------------------------------
 
@@ -334,6 +375,7 @@ class MetaControllerCallback(TrainerCallback):
         self.loss_ema += (1 - LOSS_EMA_DECAY) * deviation
         self.loss_var = LOSS_EMA_DECAY * self.loss_var + (1 - LOSS_EMA_DECAY) * deviation**2
         self.window["log_loss"].append(log_loss)
+        self.recent_log_loss = [*self.recent_log_loss, log_loss][-TREND_WINDOWS * self.config["interval"] :]
 
     # ---- Trainer events ------------------------------------------------------------------------
 
@@ -342,6 +384,7 @@ class MetaControllerCallback(TrainerCallback):
             scheduled_lr = float(optimizer.param_groups[0]["lr"])
             # torch schedulers record the peak as "initial_lr"; without one, the starting LR is the reference.
             self._reset(scheduled_lr, float(optimizer.param_groups[0].get("initial_lr", scheduled_lr)))
+            _scale_learning_rates(optimizer, self.multiplier)  # the cautious start applies from the first step
         else:
             self._resume(args, state)
         self._remove_hook()
@@ -438,6 +481,7 @@ class MetaControllerCallback(TrainerCallback):
         "peak_lr",
         "loss_ema",
         "loss_var",
+        "recent_log_loss",
         "last_eval",
         "eval_trend",
         "cuts",
@@ -486,8 +530,10 @@ class MetaControllerCallback(TrainerCallback):
             if os.path.isfile(os.path.join(directory, STATE_FILE)):
                 self.load(directory)
                 return
-        # Trainer restored the optimizer's learning rates without any multiplier, which is what x1 expects.
+        # Trainer restored the optimizer's learning rates without any multiplier, which is what x1 expects; a
+        # cautious start makes no sense in the middle of a run.
         self._reset()
+        self._shift(1 / self.multiplier)
         logger.warning(
             f"Resuming at step {state.global_step}, but no {STATE_FILE} was found in {candidates}: the "
             "meta-controller starts afresh at x1. If the checkpoint lives outside `output_dir`, also set "
@@ -523,6 +569,20 @@ def _t_statistic(values, reference=None):
     if variance == 0:
         return math.copysign(math.inf, difference) if difference else 0.0
     return difference / math.sqrt(variance)
+
+
+def _slope_t_statistic(values):
+    """t-statistic of the least-squares slope of `values` against their index; 0 when undefined."""
+    n = len(values)
+    if n < 3:
+        return 0.0
+    x_mean, y_mean = (n - 1) / 2, _mean(values)
+    sxx = sum((i - x_mean) ** 2 for i in range(n))
+    slope = sum((i - x_mean) * (y - y_mean) for i, y in enumerate(values)) / sxx
+    residual = sum((y - y_mean - slope * (i - x_mean)) ** 2 for i, y in enumerate(values)) / (n - 2)
+    if residual == 0:
+        return math.copysign(math.inf, slope) if slope else 0.0
+    return slope / math.sqrt(residual / sxx)
 
 
 def _mean(values):

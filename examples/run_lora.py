@@ -1,0 +1,399 @@
+#!/usr/bin/env python
+"""LoRA finetuning of a saved mm checkpoint with PEFT and `Trainer`: a small adapter instead of a new checkpoint.
+
+It loads `--model_name_or_path` (a Hub id or a folder written by run_clip.py, run_captioning.py or save_pretrained),
+puts LoRA adapters on the attention and MLP layers of the chosen towers, trains them on the built-in data (or
+`--dataset_name`), prints the held-out metrics of the base model and of the adapted one (retrieval recall@1/5/10
+for `--task contrastive`, BLEU and CIDEr-D of generated captions for `--task captioning`), and writes a Hub-ready
+adapter folder: `adapter_config.json`, `adapter_model.safetensors`, the base model's processor (so the adapter repo
+alone prepares inputs, even when the base is a local folder), and a README.md card naming the base model and the
+measured numbers.
+
+    python examples/run_lora.py --model_name_or_path outputs/run_clip-small
+    python examples/run_lora.py --model_name_or_path my-org/mm-base --towers vision --lora_r 16 --dataset_name photos/
+    python examples/run_lora.py --model_name_or_path outputs/run_captioning-small --task captioning
+    python examples/run_lora.py --model_name_or_path my-org/mm-base --merge_output_dir outputs/merged --push_to_hub
+
+Where mm is not installed, the adapter loads onto the base as remote code:
+
+    model = PeftModel.from_pretrained(AutoModel.from_pretrained("my-org/mm-base", trust_remote_code=True), adapter)
+
+`--merge_output_dir` also writes the merged model (`merge_and_unload`): a plain checkpoint with remote code.
+
+Same shape as run_clip.py and run_captioning.py, whose data options, collators, evaluation and folder/Hub checks it
+uses: `HfArgumentParser` over three dataclasses, one `main` in numbered steps, `main(argv)` importable and returning
+the measured metrics.
+"""
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from functools import partial
+from itertools import islice
+from pathlib import Path
+from typing import Literal
+
+import transformers
+from datasets import IterableDataset
+from peft import get_peft_model
+from transformers import AutoTokenizer, HfArgumentParser, Trainer
+
+from modeling_mm import MMForConditionalGeneration, MMModel
+from processing_mm import MMFeatureExtractor, MMImageProcessor, MMProcessor
+from training_mm.caption_metrics import caption_metrics
+from training_mm.collators import ContrastiveCollator
+from training_mm.hub import describe_model, write_model_card
+from training_mm.lora import MODALITY_TOWERS, build_lora_config, count_parameters, format_parameter_counts
+from training_mm.retrieval import retrieval_metrics
+
+# examples/ is not a package: run_clip.py and run_captioning.py sit next to this file.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_captioning import (  # noqa: E402
+    PIPELINE_TASKS,
+    CaptioningCollator,
+    CaptioningTrainingArguments,
+    DataTrainingArguments,
+    generate_captions,
+    reference_captions,
+    setup_logging,
+)
+from run_clip import (  # noqa: E402
+    RUN_ARTIFACTS,
+    check_hub_repo_is_empty,
+    check_output_dir,
+    image_size_of,
+    load_splits,
+    push_staged,
+    resolve_resume,
+)
+
+logger = logging.getLogger("run_lora")
+
+# The transformers Auto class that loads the base model, by the card's task; the adapter's `auto_mapping` names it
+# (see `point_auto_mapping_at_transformers`).
+AUTO_CLASSES = {
+    "zero-shot-image-classification": "AutoModel",
+    "zero-shot-audio-classification": "AutoModel",
+    "image-to-text": "AutoModelForImageTextToText",
+    "automatic-speech-recognition": "AutoModelForSpeechSeq2Seq",
+}
+
+
+@dataclass
+class LoraModelArguments:
+    """The checkpoint to adapt, the adapters, and where the merged model goes."""
+
+    model_name_or_path: str = field(
+        metadata={"help": "The mm checkpoint (Hub id or folder) to adapt; its processor is used and saved with the adapter."}
+    )
+    task: Literal["contrastive", "captioning"] = field(
+        default="contrastive",
+        metadata={"help": "contrastive: MMModel's CLIP-style loss over text/image/audio, measured by retrieval. "
+                          "captioning: MMForConditionalGeneration's caption loss (the checkpoint needs a trained "
+                          "decoder, e.g. from run_captioning.py), measured by BLEU/CIDEr-D. --modality picks what "
+                          "is compared with (contrastive, default: every modality the data has) or captioned."},
+    )
+    towers: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated towers to adapt among text, vision, audio (and decoder for captioning). "
+                          "Default: contrastive, text plus the towers of the data's modalities; captioning, the "
+                          "decoder plus the tower of --modality."},
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha; the update is scaled by alpha / r."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch's input."})
+    target_modules: str | None = field(
+        default=None,
+        metadata={"help": "Instead of the default targets (attention q/k/v/out_proj and MLP fc1/fc2 of --towers): a "
+                          "regular expression PEFT full-matches against module paths, e.g. "
+                          "'(text_model|vision_model)\\..*\\.(q_proj|v_proj)'."},
+    )
+    merge_output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Also write the merged model (the adapter folded into the base weights) here: a plain "
+                          "remote-code checkpoint with the processor and a card, loadable without PEFT."},
+    )
+
+
+@dataclass
+class LoraTrainingArguments(CaptioningTrainingArguments):
+    """`TrainingArguments` with this script's defaults (and run_captioning.py's generation options, used by
+    `--task captioning`); every one can be overridden."""
+
+    # LoRA's few parameters start from a zero update and take larger steps than full finetuning (LoRA paper: 1e-4
+    # to 1e-3), and a pretrained checkpoint needs fewer epochs than a model trained from scratch.
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.0
+    num_train_epochs: float = 3.0
+
+
+def main(argv=None):
+    """Runs the script with `argv` (default: sys.argv[1:]); returns the measured metrics as a flat dict: the task's
+    held-out metrics with the adapter (`recall@k query->gallery`, or `bleu` and `cider`), the same for the base model
+    prefixed `baseline `, `train_loss`, `eval_loss` when there was an evaluation, and `trainable_parameters` /
+    `total_parameters` of the adapted model."""
+    # 1. Arguments, and the checks that must fail before training rather than after.
+    model_args, data_args, training_args = parse_args(argv)
+    setup_logging(training_args)
+    logging.getLogger("run_lora").setLevel(logging.getLogger("run_captioning").level)
+    output_dir = Path(training_args.output_dir)
+    merge_dir = Path(model_args.merge_output_dir) if model_args.merge_output_dir else None
+    resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
+    check_output_dir(output_dir, training_args.overwrite_output_dir, resume)
+    if merge_dir is not None:
+        check_output_dir(merge_dir, training_args.overwrite_output_dir, None)
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # pushed once, at the end, below
+    repo_id = training_args.hub_model_id or output_dir.name
+    if push_to_hub:
+        check_hub_repo_is_empty(repo_id, training_args.hub_token)
+    captioning = model_args.task == "captioning"
+    if not captioning:
+        training_args.label_names = []  # contrastive `labels` are group ids for the loss, not targets
+    transformers.set_seed(training_args.seed)
+
+    # 2. The base model and its processor.
+    base = model_args.model_name_or_path
+    model = load_base_model(base, captioning)
+    processor = load_processor(base, model.config)
+
+    # 3. Data: splits with `caption` and `image` and/or `audio` (and `label` for the built-in data).
+    splits, dataset_name, dataset_type = load_splits(data_args, training_args, image_size_of(model.config.vision_config))
+    train_split, eval_split = splits["train"], splits.get("validation")
+    held_out_name = "test" if "test" in splits else "validation"
+    if held_out_name not in splits:
+        raise ValueError(f"{dataset_name!r} has no test or validation split to measure on (splits: {sorted(splits)}).")
+    modalities = data_modalities(train_split, data_args.modality, captioning)
+    if isinstance(train_split, IterableDataset) and training_args.max_steps <= 0:
+        raise ValueError("Streamed data has no length, so the run needs --max_steps (optimizer steps) to know when to stop.")
+    if eval_split is None and training_args.eval_strategy != "no":
+        logger.warning("No validation split: training without evaluation.")
+        training_args.eval_strategy = "no"
+    towers = None if model_args.target_modules else chosen_towers(model_args.towers, modalities, captioning, model.config)
+
+    # 4. The held-out metrics of the base model: the baseline the adapted numbers are read against.
+    evaluate, collator, task_type = task_parts(captioning, processor, splits[held_out_name], modalities, data_args,
+                                               training_args)  # fmt: skip
+    model.to(training_args.device)
+    baseline = evaluate(model)
+
+    # 5. LoRA on the chosen towers; everything else (projections, logit_scale, embeddings) stays frozen.
+    lora_config = build_lora_config(
+        model, towers, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.target_modules
+    )
+    model = get_peft_model(model, lora_config)
+    trainable, total = count_parameters(model)
+    targets = f"the {', '.join(towers)} tower(s)" if towers else f"the modules matching {model_args.target_modules!r}"
+    print(f"LoRA on {len(model.targeted_module_names)} layers of {targets}: {format_parameter_counts(model)}")
+
+    # 6. Training.
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_split,
+        eval_dataset=eval_split if training_args.eval_strategy != "no" else None,
+        data_collator=collator,
+        processing_class=processor,
+    )
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    metrics = {"train_loss": train_result.training_loss}
+    eval_losses = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
+    if eval_losses:
+        metrics["eval_loss"] = eval_losses[-1]
+
+    # 7. The held-out metrics with the adapter, next to the baseline.
+    after = evaluate(trainer.model)
+    metrics.update(after)
+    metrics.update({f"baseline {name}": value for name, value in baseline.items()})
+    metrics.update(trainable_parameters=trainable, total_parameters=total)
+    if training_args.should_log:
+        print(format_comparison(baseline, after, held_out_name))
+
+    # 8. The adapter folder: adapter weights and config, the processor, a card with the numbers just measured.
+    check_output_dir(output_dir, training_args.overwrite_output_dir, resume, ignore=RUN_ARTIFACTS)
+    trainer.save_model(str(output_dir))  # adapter_config.json + adapter_model.safetensors, and the processor
+    card = dict(
+        metrics=after,
+        task_type=task_type,
+        dataset_name=dataset_name,
+        dataset_type=dataset_type,
+        dataset_split=held_out_name,
+        hyperparameters=hyperparameters(model_args, training_args, trainer, towers, lora_config, trainable, total),
+        model_description=describe_model(trainer.model),
+        base_model=base,
+        modalities=("text", *modalities),
+    )
+    if training_args.should_save:
+        (output_dir / "training_args.bin").unlink(missing_ok=True)  # a Hub folder holds no pickles
+        point_auto_mapping_at_transformers(output_dir, AUTO_CLASSES[task_type])
+        write_model_card(output_dir, model_name=repo_id.split("/")[-1], repo_id=repo_id, is_adapter=True, **card)
+        logger.info("Wrote the adapter, processor and model card to %s", output_dir)
+
+        # 9. Optionally the merged model: the base weights with the adapter folded in, loadable without PEFT.
+        if merge_dir is not None:
+            merged = trainer.model.merge_and_unload()
+            merged.save_pretrained(merge_dir)
+            processor.save_pretrained(merge_dir)
+            card["model_description"] = describe_model(merged)
+            write_model_card(merge_dir, model_name=merge_dir.name, repo_id=merge_dir.name, **card)
+            logger.info("Wrote the merged model, processor and model card to %s", merge_dir)
+
+        if push_to_hub:
+            commit = push_staged(output_dir, repo_id, training_args)
+            logger.info("Pushed the adapter in %s to the Hub: %s", output_dir, commit.commit_url)
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+
+
+def parse_args(argv):
+    parser = HfArgumentParser((LoraModelArguments, DataTrainingArguments, LoraTrainingArguments))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    known, _ = parser.parse_known_args(argv)
+    if known.output_dir is None and known.model_name_or_path:
+        argv += ["--output_dir", f"outputs/run_lora-{Path(known.model_name_or_path.rstrip('/')).name}"]
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    if model_args.towers and model_args.target_modules:
+        raise ValueError(
+            "--target_modules names the adapted layers itself (a regular expression over module paths, towers "
+            "included); drop --towers, or drop --target_modules to adapt the default layers of --towers."
+        )
+    return model_args, data_args, training_args
+
+
+def data_modalities(train_split, modality, captioning):
+    """The modalities trained on besides text: --modality, or for contrastive every one the data has and for
+    captioning the image (else the audio)."""
+    present = tuple(name for name in ("image", "audio") if name in train_split.column_names)
+    if modality is not None and modality not in present:
+        raise ValueError(f"--modality {modality}: the data has no {modality} column (its columns: {train_split.column_names}).")
+    if modality is not None:
+        return (modality,)
+    return present[:1] if captioning else present
+
+
+def chosen_towers(towers, modalities, captioning, config):
+    """The towers named by --towers, checked to be ones the training signal reaches; by default those towers are:
+    contrastive, text plus the tower of each modality; captioning, the decoder plus the tower it reads."""
+    data_towers = tuple(MODALITY_TOWERS[name] for name in modalities)
+    reached = ("decoder", *data_towers) if captioning else ("text", *data_towers)
+    if captioning and config.contrastive_loss_weight > 0:  # CoCa: the contrastive loss reaches the text tower too
+        reached += ("text",)
+    if towers is None:
+        return reached[:1 + len(data_towers)]
+    chosen = tuple(dict.fromkeys(name.strip() for name in towers.split(",") if name.strip()))
+    unreached = [name for name in chosen if name not in reached]
+    if unreached or not chosen:
+        raise ValueError(
+            f"--towers {towers!r}: with --task {'captioning' if captioning else 'contrastive'} on text and "
+            f"{', '.join(modalities)}, the loss reaches the {', '.join(reached)} tower(s) only; adapters on "
+            f"{', '.join(unreached) or 'no tower'} would never train. Choose among {list(reached)}, comma-separated."
+        )
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------------ model, processor, task
+
+
+def task_parts(captioning, processor, held_out, modalities, data_args, training_args):
+    """What differs between the tasks: the held-out evaluation (`evaluate(model) -> metrics`: retrieval recall, or
+    BLEU/CIDEr-D of generated captions), the training collator, and the card's task."""
+    batch_size = training_args.per_device_eval_batch_size
+    if not captioning:
+        evaluate = partial(retrieval_metrics, processor=processor, dataset=held_out, modalities=modalities,
+                           batch_size=batch_size)  # fmt: skip
+        task_type = "zero-shot-image-classification" if "image" in modalities else "zero-shot-audio-classification"
+        return evaluate, ContrastiveCollator(processor, modalities), task_type
+    modality = modalities[0]
+    rows = list(islice(held_out, data_args.max_eval_samples))
+    generate_kwargs = {"num_beams": training_args.generation_num_beams, "do_sample": False}
+    if training_args.generation_max_new_tokens is not None:
+        generate_kwargs["max_new_tokens"] = training_args.generation_max_new_tokens
+    evaluate = partial(caption_scores, processor=processor, rows=rows, references=reference_captions(rows, held_out),
+                       modality=modality, batch_size=batch_size, generate_kwargs=generate_kwargs)  # fmt: skip
+    return evaluate, CaptioningCollator(processor, modality), PIPELINE_TASKS[modality]
+
+
+def load_base_model(path, captioning):
+    """The base checkpoint as `MMModel` (contrastive) or `MMForConditionalGeneration` (captioning). A captioning base
+    must have a trained decoder: LoRA adapts trained weights, and a decoder loaded from an MMModel checkpoint would
+    start (and stay, frozen) random."""
+    if not captioning:
+        return MMModel.from_pretrained(path)
+    model, info = MMForConditionalGeneration.from_pretrained(path, output_loading_info=True)
+    untrained = sorted({key.split(".")[0] for key in info["missing_keys"]})
+    if untrained:
+        raise ValueError(
+            f"{path} has no trained weights for {untrained} of the captioning model (e.g. an MMModel checkpoint from "
+            "run_clip.py). Train the caption decoder first (examples/run_captioning.py --model_name_or_path "
+            f"{path}), then put LoRA on that checkpoint; or use --task contrastive."
+        )
+    return model
+
+
+def load_processor(path, config):
+    """The checkpoint's processor, built from the package's classes. (`MMProcessor.from_pretrained` loads its image
+    processor and feature extractor through the Auto classes, and `AutoTokenizer` without `config` loads the model's
+    config through `AutoConfig`: all of them ask for trust_remote_code, because the saved folder names its classes as
+    remote code for consumers without the package.)"""
+    return MMProcessor(
+        image_processor=MMImageProcessor.from_pretrained(path),
+        feature_extractor=MMFeatureExtractor.from_pretrained(path),
+        tokenizer=AutoTokenizer.from_pretrained(path, config=config),
+    )
+
+
+def point_auto_mapping_at_transformers(adapter_dir, auto_class):
+    """Makes the adapter's `auto_mapping` name transformers' `auto_class` instead of the mm package's class.
+
+    PEFT records the base model's class by its import path (`modeling_mm.modeling_mm.MMModel`), which a consumer
+    without the mm package cannot import and `AutoPeftModel`'s import allowlist refuses anyway. Through transformers'
+    Auto class, `AutoPeftModel.from_pretrained(adapter, trust_remote_code=True)` loads the base as remote code.
+    """
+    path = Path(adapter_dir) / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["auto_mapping"] = {"base_model_class": auto_class, "parent_library": "transformers"}
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+# ------------------------------------------------------------------------------------------------ evaluation & reporting
+
+
+def caption_scores(model, processor, rows, references, modality, batch_size, generate_kwargs):
+    """BLEU and CIDEr-D of the captions `model` writes for `rows` (run_captioning.py's generation and metrics)."""
+    captions = generate_captions(model, processor, rows, modality, batch_size, generate_kwargs)
+    return caption_metrics(captions, references)
+
+
+def format_comparison(before, after, split_name):
+    lines = [f"Held-out {split_name} split: base model -> with LoRA"]
+    lines += [f"  {name:<24}{before[name]:>10.4g} -> {value:.4g}" for name, value in after.items()]
+    return "\n".join(lines)
+
+
+def hyperparameters(model_args, training_args, trainer, towers, lora_config, trainable, total):
+    args = training_args
+    return {
+        "base model": model_args.model_name_or_path,
+        "task": model_args.task,
+        "LoRA towers": ", ".join(towers) if towers else "(--target_modules)",
+        "LoRA target modules": lora_config.target_modules,
+        "LoRA r": lora_config.r,
+        "LoRA alpha": lora_config.lora_alpha,
+        "LoRA dropout": lora_config.lora_dropout,
+        "trainable parameters": f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%)",
+        "learning_rate": args.learning_rate,
+        "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+        "warmup_steps": args.warmup_steps,
+        "weight_decay": args.weight_decay,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "processes": args.world_size,
+        "optimizer steps": trainer.state.global_step,
+        "epochs": round(trainer.state.epoch or 0, 2),
+        "seed": args.seed,
+    }
+
+
+if __name__ == "__main__":
+    main()

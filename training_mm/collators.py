@@ -1,0 +1,69 @@
+"""Batching for contrastive training: dataset rows -> the keyword arguments of `MMModel.forward`.
+
+A row holds a `caption` and an `image` and/or `audio` (the columns `training_mm.data.load_user_dataset` and the
+built-in data produce), optionally a `label`. The collator runs the processor over the batch, adds `labels` (group
+ids: rows with the same label are positives of each other) and `return_loss=True`, so `Trainer` needs no subclass
+(as in transformers' `examples/pytorch/contrastive-image-text/run_clip.py`).
+"""
+
+import zlib
+
+import torch
+
+from .data import SAMPLING_RATE, decode_audio
+
+# The non-text modalities a row can carry, each in the column of that name.
+MODALITIES = ("image", "audio")
+
+
+def group_id(value):
+    """A stable int64 id for a label or caption. `hash()` is salted per process; crc32 is the same on every process,
+    so group ids still agree after the loss gathers them across DDP ranks.
+
+    >>> group_id("red circle") == group_id("red circle") != group_id("blue square")
+    True
+    """
+    return zlib.crc32(str(value).encode("utf-8"))
+
+
+class ContrastiveCollator:
+    """Turns a list of rows into one processor batch with `labels` and `return_loss=True`.
+
+    Args:
+        processor (`MMProcessor`): tokenizes `caption`, prepares `image` and decodes + featurizes `audio`.
+        modalities (`tuple[str]`): which of "image" and "audio" to use besides the text; a column left out here is
+            ignored even if rows have it (e.g. an audio column with a model that has no use for it).
+        label_column (`str` or None): rows with equal values here are positives of each other; without it (or when
+            any row of the batch lacks it) the model treats identical captions as positives.
+        return_loss (`bool`): add `return_loss=True` (training); `False` for embedding-only batches.
+
+    Example:
+    ```python
+    >>> collator = ContrastiveCollator(processor, modalities=("image",))  # doctest: +SKIP
+    >>> batch = collator([{"image": pil_image, "caption": "a red circle", "label": "red circle"}])  # doctest: +SKIP
+    >>> sorted(batch)  # doctest: +SKIP
+    ['attention_mask', 'input_ids', 'labels', 'pixel_values', 'return_loss']
+    ```
+    """
+
+    def __init__(self, processor, modalities=("image", "audio"), label_column="label", return_loss=True):
+        if not modalities or set(modalities) - set(MODALITIES):
+            raise ValueError(f"modalities must be a non-empty subset of {list(MODALITIES)}, got {modalities!r}.")
+        self.processor = processor
+        self.modalities = tuple(modalities)
+        self.label_column = label_column
+        self.return_loss = return_loss
+
+    def __call__(self, rows):
+        inputs = {"text": [row["caption"] for row in rows], "return_tensors": "pt"}
+        if "image" in self.modalities:
+            inputs["images"] = [row["image"] for row in rows]
+        if "audio" in self.modalities:
+            inputs["audio"] = [decode_audio(row["audio"], sampling_rate=SAMPLING_RATE)[0] for row in rows]
+            inputs["sampling_rate"] = SAMPLING_RATE
+        batch = dict(self.processor(**inputs))
+        if self.label_column and all(row.get(self.label_column) is not None for row in rows):
+            batch["labels"] = torch.tensor([group_id(row[self.label_column]) for row in rows], dtype=torch.long)
+        if self.return_loss:
+            batch["return_loss"] = True
+        return batch

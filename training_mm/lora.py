@@ -1,0 +1,125 @@
+"""LoRA on mm models through PEFT: which layers get adapters, the `LoraConfig`, parameter counts, optimizer memory.
+
+Default targets are every attention projection (`q_proj`, `k_proj`, `v_proj`, `out_proj`) and MLP layer (`fc1`,
+`fc2`) of the chosen towers; in `MMForConditionalGeneration` the towers sit under `mm.` and the caption decoder's
+self- and cross-attention count as its attention. The towers' output projections (`text_projection`,
+`visual_projection`, `audio_projection`), `logit_scale` and the decoder's embeddings stay frozen and stay out of the
+adapter: they define the embedding space and the vocabulary the other towers and the base checkpoint share, and a
+LoRA update of the last layers already moves what each tower feeds into its projection (as in CLIP-LoRA, Zanella
+and Ben Ayed 2024, which adapts the encoders' attention and leaves projections and temperature alone). So the
+adapter holds every changed weight and needs no `modules_to_save`: base + adapter reproduces the trained model.
+
+Example:
+```python
+>>> from peft import get_peft_model
+>>> from training_mm.lora import build_lora_config, count_parameters
+>>> model = get_peft_model(model, build_lora_config(model, towers=("text", "vision"), r=8))  # doctest: +SKIP
+>>> trainable, total = count_parameters(model)  # doctest: +SKIP
+```
+"""
+
+import re
+
+import torch
+from peft import LoraConfig
+from torch import nn
+
+# Leaf names of the layers LoRA adapts by default: attention projections and the MLP (CLIP/SigLIP names).
+ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
+MLP_MODULES = ("fc1", "fc2")
+DEFAULT_MODULES = ATTENTION_MODULES + MLP_MODULES
+# Tower name (as on the command line) -> attribute holding it in MMModel; "decoder" exists in the generation model only.
+TOWER_ATTRIBUTES = {"text": "text_model", "vision": "vision_model", "audio": "audio_model", "decoder": "decoder"}
+# Which tower sees which input modality of a batch.
+MODALITY_TOWERS = {"text": "text", "image": "vision", "audio": "audio"}
+
+
+def tower_paths(model):
+    """`{tower: module path}` for the towers `model` has: "text_model" in `MMModel`, "mm.text_model" in
+    `MMForConditionalGeneration` (its towers are an `MMModel` under `mm`), "decoder" for its caption decoder."""
+    modules = dict(model.named_modules())
+    paths = {}
+    for tower, attribute in TOWER_ATTRIBUTES.items():
+        for path in (attribute, f"mm.{attribute}"):
+            if isinstance(modules.get(path), nn.Module):
+                paths[tower] = path
+                break
+    return paths
+
+
+def default_target_modules(model, towers):
+    """A regular expression (PEFT full-matches it against module paths) selecting the attention and MLP linears of
+    `towers` in `model`, e.g. `(text_model|vision_model)\\..*\\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)`.
+
+    Raises `ValueError` for a tower the model lacks, and for a tower with none of those layers (a tower of another
+    architecture, e.g. a BERT composed with `MMModel.from_encoders`, names its layers differently).
+    """
+    available = tower_paths(model)
+    missing = [tower for tower in towers if tower not in available]
+    if missing or not towers:
+        raise ValueError(
+            f"Cannot put LoRA on tower(s) {missing or list(towers)}: {type(model).__name__} has the towers "
+            f"{sorted(available)}. Choose --towers among them."
+        )
+    layers = "|".join(DEFAULT_MODULES)
+    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    for tower in towers:
+        if not any(re.fullmatch(f"{re.escape(available[tower])}\\..*\\.({layers})", name) for name in linears):
+            tower_class = type(model.get_submodule(available[tower])).__name__
+            raise ValueError(
+                f"The {tower} tower ({available[tower]}, {tower_class}) has no linear layer named "
+                f"{list(DEFAULT_MODULES)}; name its layers with --target_modules (a regular expression over module "
+                "paths, e.g. 'text_model\\..*\\.(query|key|value)' for a BERT)."
+            )
+    return f"({'|'.join(re.escape(available[tower]) for tower in towers)})\\..*\\.({layers})"
+
+
+def build_lora_config(model, towers, r=8, alpha=16, dropout=0.05, target_modules=None):
+    """The `LoraConfig` for `towers` of `model`: default targets (see `default_target_modules`) unless
+    `target_modules` (a regular expression over module paths, or a list of module names) says otherwise.
+
+    No `task_type`: mm models go through the plain `PeftModel`, whose `forward` and `generate` pass every argument
+    (pixel_values, input_features, ...) to the model unchanged.
+    """
+    if r <= 0 or alpha <= 0 or not 0.0 <= dropout < 1.0:
+        raise ValueError(
+            f"LoRA needs r > 0, alpha > 0 and dropout in [0, 1); got r={r}, alpha={alpha}, dropout={dropout}."
+        )
+    targets = target_modules if target_modules else default_target_modules(model, towers)
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
+
+
+def count_parameters(model):
+    """(trainable, total) parameter counts; for a PEFT model, total includes the adapter."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def format_parameter_counts(model):
+    trainable, total = count_parameters(model)
+    return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
+
+
+def optimizer_state_bytes(optimizer):
+    """Bytes held in `optimizer.state` (AdamW: `exp_avg`, `exp_avg_sq` and `step` per parameter it has updated)."""
+    return sum(
+        value.numel() * value.element_size()
+        for state in optimizer.state.values()
+        for value in state.values()
+        if torch.is_tensor(value)
+    )
+
+
+def optimizer_step_memory(model, batch, lr=1e-4):
+    """Runs one real AdamW step of `model` on `batch` (the keyword arguments of its forward, with a loss) and returns
+    `(optimizer state bytes, trainable parameter bytes)`. AdamW creates its state lazily, for the parameters that got
+    a gradient, so this counts what training actually holds, not an estimate from parameter counts."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=lr)
+    model.train()
+    loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return optimizer_state_bytes(optimizer), sum(p.numel() * p.element_size() for p in parameters)
