@@ -12,7 +12,7 @@ below the same runs without it, and the tuned run is not hurt.
 
     python benchmarks/bench_meta_controller.py --quick   # 1 seed, 120 steps: ~3 min on 2 idle CPU cores
     python benchmarks/bench_meta_controller.py           # seeds 0 and 1, 300 steps: ~13 min on 2 idle CPU cores
-    python benchmarks/bench_meta_controller.py --sweep   # first re-measures the tuned LR (no controller), then the 6 runs
+    python benchmarks/bench_meta_controller.py --sweep   # re-measures the tuned LR first (no controller): +12 min
 
 `TUNED_LEARNING_RATE` is the best eval loss of `--sweep` over 1e-3, 2e-3, 3e-3, 5e-3 at these settings (AdamW, 64
 pairs per batch, 5% warmup, cosine decay). The first run builds the built-in data (~1 min) and caches it.
@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import platform
 import statistics
@@ -94,8 +93,9 @@ def train(run_clip, args, workdir, learning_rate, seed, controller):
     if controller:
         argv.append("--meta_controller")
     start = time.perf_counter()
-    with open(Path(workdir) / f"{name}.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        metrics = run_clip.main(argv)
+    with open(Path(workdir) / f"{name}.log", "w") as log:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            metrics = run_clip.main(argv)
     seconds = time.perf_counter() - start
     recalls = [value for key, value in metrics.items() if key.startswith("recall@1 ")]
     result = {
@@ -137,7 +137,8 @@ def report(args, tuned, results, device):
         f"{transformers.__version__}, load average {os.getloadavg()[0]:.1f}"
     )
     print("eval loss: validation split, mean over seeds; x tuned: divided by the tuned run without the controller")
-    rows = [("LR setting", "lr", "loss without", "with", "x tuned without", "with", "R@1 without", "with", "multiplier")]
+    columns = ("loss without", "with", "x tuned without", "with", "R@1 without", "with", "multiplier")
+    rows = [("LR setting", "lr", *columns)]
     for setting, factor in SETTINGS:
         without, with_ = results[(setting, False)], results[(setting, True)]
         loss_without, loss_with = mean_over_seeds(without, "eval_loss"), mean_over_seeds(with_, "eval_loss")
@@ -201,7 +202,7 @@ def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 120 steps, 1024 training scenes (~3 min).")
     parser.add_argument("--sweep", action="store_true", help="measure the tuned LR first (no controller).")
-    parser.add_argument("--learning-rate", type=float, default=None, help="the tuned LR (default: TUNED_LEARNING_RATE).")
+    parser.add_argument("--learning-rate", type=float, default=None, help="tuned LR (default: TUNED_LEARNING_RATE).")
     parser.add_argument("--preset", choices=("tiny", "small"), default="tiny")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps of every run.")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
@@ -212,7 +213,7 @@ def build_parser():
         help="torch threads. The tiny model's ops are too small for more to help, and on a shared 2-core machine two "
         "threads per run were several times slower than one.",
     )
-    parser.add_argument("--output-dir", default=None, help="keep the runs' folders and logs here (default: a temp dir).")
+    parser.add_argument("--output-dir", default=None, help="keep the runs' folders and logs here (default: temp dir).")
     return parser
 
 
