@@ -6,62 +6,26 @@ import contextlib
 import io
 import json
 import math
-import os
 import shutil
-import sys
 
-import datasets
 import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from testers import REPO_ROOT, run_clean, tiny_processor, tiny_tokenizer
+from testers import NUM_TRAIN, TINY_RUN, run_clean, tiny_processor, tiny_tokenizer
 from training_mm.collators import ContrastiveCollator, group_id
 from training_mm.retrieval import recall_at_k
-from training_mm.synthetic_data import build_synthetic_dataset, write_folder
+from training_mm.synthetic_data import write_folder
 
-sys.path.insert(0, str(REPO_ROOT / "examples"))
-import run_clip  # noqa: E402
+import run_clip
 
-# The built-in data these arguments ask for is built once per session by `builtin_cache`.
-NUM_TRAIN, NUM_EVAL = 48, 16
-TINY = [
-    "--preset", "tiny",
-    "--num_train_samples", str(NUM_TRAIN),
-    "--num_eval_samples", str(NUM_EVAL),
-    "--per_device_train_batch_size", "16",
-    "--per_device_eval_batch_size", "16",
-    "--learning_rate", "2e-3",
-    "--max_steps", "3",
-    "--eval_strategy", "no",
-    "--save_strategy", "no",
-    "--logging_steps", "1",
-]
+# The built-in data these arguments ask for is built once per session by the `builtin_data` fixture (conftest).
+TINY = ["--preset", "tiny", *TINY_RUN, "--learning_rate", "2e-3"]
 DIRECTIONS = ("image->text", "text->image", "audio->text", "text->audio")
 
 
-@pytest.fixture(scope="session")
-def builtin_cache(tmp_path_factory):
-    """MM_CACHE pointing at a session folder holding the tiny built-in data that `TINY` asks for."""
-    cache = tmp_path_factory.mktemp("mm_cache")
-    previous = os.environ.get("MM_CACHE")
-    os.environ["MM_CACHE"] = str(cache)
-    splits = build_synthetic_dataset(num_train=NUM_TRAIN, num_validation=NUM_EVAL, num_test=NUM_EVAL, image_size=32)
-    yield splits
-    if previous is None:
-        os.environ.pop("MM_CACHE", None)
-    else:
-        os.environ["MM_CACHE"] = previous
-
-
-@pytest.fixture(autouse=True)
-def private_hf_cache(tmp_path, monkeypatch):
-    """Keep the Arrow files `load_dataset` writes out of the user's ~/.cache."""
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
-
-
 @pytest.fixture(scope="module")
-def trained(builtin_cache, tmp_path_factory):
+def trained(builtin_data, tmp_path_factory):
     """One run on the built-in data with evaluation and TensorBoard on: (metrics, output folder, what it printed)."""
     output_dir = tmp_path_factory.mktemp("run") / "out"
     printed = io.StringIO()
@@ -81,8 +45,8 @@ def _losses(checkpoint):
 # ------------------------------------------------------------------------------------------------ building blocks
 
 
-def test_collator_batches_rows_with_group_labels(builtin_cache):
-    rows = [builtin_cache["train"][i] for i in range(4)]
+def test_collator_batches_rows_with_group_labels(builtin_data):
+    rows = [builtin_data["train"][i] for i in range(4)]
     rows[3] = {**rows[3], "label": rows[0]["label"]}  # same scene as row 0: a positive, whatever the wording
     modalities = tuple(name for name in ("image", "audio") if name in rows[0])
     batch = ContrastiveCollator(tiny_processor(), modalities)(rows)
@@ -107,9 +71,9 @@ def test_recall_counts_a_hit_for_any_neighbour_that_shares_the_query_key():
 # ------------------------------------------------------------------------------------------------ built-in data
 
 
-def test_builtin_run_reports_recall_and_writes_a_hub_folder(trained, builtin_cache):
+def test_builtin_run_reports_recall_and_writes_a_hub_folder(trained, builtin_data):
     metrics, output_dir, printed = trained
-    has_audio = "audio" in builtin_cache["train"].column_names
+    has_audio = "audio" in builtin_data["train"].column_names
     directions = DIRECTIONS if has_audio else DIRECTIONS[:2]
     for direction in directions:
         for prefix in ("", "baseline "):
@@ -168,12 +132,12 @@ def test_continuing_a_checkpoint_starts_from_its_weights(trained, tmp_path, hub_
 # ------------------------------------------------------------------------------------------------ user data
 
 
-def test_imagefolder_run_skips_bad_rows_and_serves_zero_shot_pipeline(builtin_cache, tmp_path, caplog):
+def test_imagefolder_run_skips_bad_rows_and_serves_zero_shot_pipeline(builtin_data, tmp_path, caplog):
     """An image-only folder with captions in metadata.jsonl (one image corrupt) trains, and the folder it writes
     serves pipeline("zero-shot-image-classification") where the mm packages are not installed."""
     folder = tmp_path / "photos"
     for split in ("train", "validation", "test"):
-        data = builtin_cache[split]
+        data = builtin_data[split]
         write_folder(data.remove_columns([c for c in ("audio",) if c in data.column_names]), folder / split)
     (folder / "train" / "000000.png").write_bytes(b"not a png")
     output_dir = tmp_path / "out"
@@ -183,7 +147,7 @@ def test_imagefolder_run_skips_bad_rows_and_serves_zero_shot_pipeline(builtin_ca
     assert f"skipped 1 of {NUM_TRAIN} rows" in caplog.text
     assert {name.split(" ")[1] for name in metrics if name.startswith("recall@")} == {"image->text", "text->image"}
 
-    image = builtin_cache["test"][0]["image"]
+    image = builtin_data["test"][0]["image"]
     image.save(tmp_path / "query.png")
     out = run_clean(
         f"""
@@ -200,11 +164,11 @@ print(json.dumps(classify({str(tmp_path / "query.png")!r}, candidate_labels=labe
     assert sum(s["score"] for s in scores) == pytest.approx(1.0, abs=1e-4)
 
 
-def test_csv_of_paths_and_captions_with_missing_column_error_and_streaming(builtin_cache, tmp_path):
+def test_csv_of_paths_and_captions_with_missing_column_error_and_streaming(builtin_data, tmp_path):
     """A CSV of image paths (relative to it) and captions, under other column names; a wrong name is an error that
     lists the columns there are; streamed, the run needs --max_steps (and here trains with the SigLIP loss)."""
     rows = ["path,text"]
-    for index, row in enumerate(builtin_cache["train"]):
+    for index, row in enumerate(builtin_data["train"]):
         row["image"].save(tmp_path / f"{index}.png")
         rows.append(f"{index}.png,\"{row['caption']}\"")
     (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
@@ -232,7 +196,7 @@ def test_csv_of_paths_and_captions_with_missing_column_error_and_streaming(built
         )
 
 
-def test_towers_from_local_encoder_checkpoints(builtin_cache, tmp_path):
+def test_towers_from_local_encoder_checkpoints(builtin_data, tmp_path):
     """--text_encoder / --vision_encoder compose a BERT and a ViT the way VisionTextDualEncoder does; the text
     encoder's tokenizer is used, and the written folder reloads with those towers."""
     from transformers import AutoTokenizer, BertConfig, BertModel, ViTConfig, ViTModel
@@ -262,7 +226,7 @@ def test_towers_from_local_encoder_checkpoints(builtin_cache, tmp_path):
 
 
 @pytest.mark.parametrize("meta_controller", [False, True], ids=["plain", "meta_controller"])
-def test_resumed_run_continues_the_loss_curve_of_the_uninterrupted_one(builtin_cache, tmp_path, meta_controller):
+def test_resumed_run_continues_the_loss_curve_of_the_uninterrupted_one(builtin_data, tmp_path, meta_controller):
     """A run killed after a checkpoint and resumed with `--resume_from_checkpoint last` logs the same losses as the
     run that was never stopped. With the meta-controller, also the same controller logs: it decides every 10 steps,
     so a checkpoint at step 12 falls inside a window, and the step-20 decision needs the restored window and LSTM."""
@@ -288,12 +252,12 @@ def test_resumed_run_continues_the_loss_curve_of_the_uninterrupted_one(builtin_c
             assert resumed[step][key] == pytest.approx(full[step][key], rel=1e-4), f"{key} at step {step}"
 
 
-def test_resume_needs_a_checkpoint(builtin_cache, tmp_path):
+def test_resume_needs_a_checkpoint(builtin_data, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         run_clip.main([*TINY, "--output_dir", str(tmp_path), "--resume_from_checkpoint", "last"])
 
 
-def test_meta_controller_stops_a_diverging_run_before_writing_non_finite_weights(builtin_cache, tmp_path):
+def test_meta_controller_stops_a_diverging_run_before_writing_non_finite_weights(builtin_data, tmp_path):
     """The meta-controller's guard: a non-finite training loss stops the run before the optimizer step."""
     output_dir = tmp_path / "out"
     with pytest.raises(FloatingPointError, match="Training loss is"):
