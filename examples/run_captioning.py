@@ -15,48 +15,41 @@ outputs/run_captioning-small:
 
 It follows run_clip.py (and transformers' examples/pytorch/contrastive-image-text/run_clip.py): `HfArgumentParser`
 over three dataclasses, one `main` in numbered steps, and a collator that builds `labels`, so `Trainer` needs no
-subclass; the data, output-folder and Hub steps are run_clip.py's own functions. `main(argv)` is importable and
-returns the measured metrics.
+subclass; the data, output-folder and Hub steps are training_mm.cli's, shared with the other examples. `main(argv)` is
+importable and returns the measured metrics.
 """
 
 import logging
-import sys
-from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import islice
-from pathlib import Path
 from typing import Literal
 
-import datasets
-import torch
 import transformers
-from datasets import IterableDataset
-from tqdm.auto import tqdm
-from transformers import AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments
+from transformers import HfArgumentParser, Trainer
 
 from configuration_mm import MMConfig
 from modeling_mm import MMForConditionalGeneration
-from processing_mm import MMFeatureExtractor, MMImageProcessor, MMProcessor, train_tokenizer
+from processing_mm import MMProcessor
 from training_mm.caption_metrics import caption_metrics
-from training_mm.data import SAMPLING_RATE, decode_audio
-from training_mm.hub import describe_model, write_model_card
-
-# examples/ is not a package: run_clip.py sits next to this file.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_clip import (  # noqa: E402
-    RUN_ARTIFACTS,
-    TOKENIZER_STREAM_SAMPLES,
-    check_hub_repo_is_empty,
-    check_output_dir,
+from training_mm.captioning import PIPELINE_TASKS, CaptioningCollator, generate_captions, reference_captions
+from training_mm.cli import (
+    CaptioningDataArguments,
+    CaptioningTrainingArguments,
+    check_splits,
     image_size_of,
     load_splits,
-    push_staged,
-    resolve_resume,
+    new_processor,
+    parse_script_args,
+    prepare_output,
+    push_output_folder,
+    save_output_folder,
+    setup_logging,
+    train_and_collect_losses,
+    trainer_hyperparameters,
 )
+from training_mm.hub import describe_model
 
 logger = logging.getLogger("run_captioning")
-
-PIPELINE_TASKS = {"image": "image-to-text", "audio": "automatic-speech-recognition"}
 
 
 @dataclass
@@ -85,99 +78,14 @@ class ModelArguments:
     )
 
 
-@dataclass
-class DataTrainingArguments:
-    """Where the captioned images/audio come from, and what to caption from. Default: the built-in scenes."""
-
-    dataset_name: str | None = field(
-        default=None,
-        metadata={"help": "A Hub dataset, a folder in imagefolder/audiofolder layout with metadata.jsonl/.csv, a "
-                          "CSV/JSONL file of paths and captions, or a save_to_disk folder. Default: the built-in data."},
-    )
-    image_column: str | None = field(default=None, metadata={"help": "Image column (default: `image` if present)."})
-    caption_column: str = field(default="caption", metadata={"help": "Caption (target text) column."})
-    audio_column: str | None = field(default=None, metadata={"help": "Audio column (default: `audio` if present)."})
-    modality: Literal["image", "audio"] | None = field(
-        default=None, metadata={"help": "Caption from images or from audio. Default: image if the data has images."}
-    )
-    streaming: bool = field(default=False, metadata={"help": "Stream the data (larger than memory); needs --max_steps."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training rows."})
-    max_eval_samples: int | None = field(
-        default=300, metadata={"help": "Held-out rows captioned for BLEU/CIDEr (generation is the slow part)."}
-    )
-    num_train_samples: int = field(default=3000, metadata={"help": "Built-in data: training scenes."})
-    num_eval_samples: int = field(default=300, metadata={"help": "Built-in data: scenes in each of validation and test."})
-
-
-@dataclass
-class CaptioningTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with this script's defaults, sized so that the default run (data generation, training,
-    two evaluations, saving) takes a few minutes on 2 CPU cores; every one can be overridden."""
-
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Write into a non-empty --output_dir (never done without this flag)."}
-    )
-    generation_max_new_tokens: int | None = field(
-        default=None, metadata={"help": "Longest caption written at evaluation. Default: the model's (its text length)."}
-    )
-    generation_num_beams: int = field(default=1, metadata={"help": "Beams at evaluation (1: greedy)."})
-    per_device_train_batch_size: int = 64
-    per_device_eval_batch_size: int = 64
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_steps: float = 0.05
-    lr_scheduler_type: str = "cosine"
-    num_train_epochs: float = 3.0
-    logging_steps: float = 20
-    eval_strategy: str = "epoch"
-    save_strategy: str = "epoch"
-    save_total_limit: int | None = 2
-    # The collator reads the raw `image`/`audio`/`caption` columns.
-    remove_unused_columns: bool = False
-    # Evaluation during training reports the captioning loss; BLEU/CIDEr come from generation, before and after.
-    prediction_loss_only: bool = True
-    dataloader_num_workers: int = 0
-
-
-class CaptioningCollator:
-    """Rows -> `MMForConditionalGeneration.forward` arguments: the processed image or audio, the caption as
-    `input_ids`, and `labels` = the caption's ids with -100 at padding (the model shifts them)."""
-
-    def __init__(self, processor, modality):
-        self.processor = processor
-        self.modality = modality
-
-    def __call__(self, rows):
-        batch = self.processor(
-            text=[row["caption"] for row in rows], return_tensors="pt", **media_inputs(rows, self.modality)
-        )
-        batch = dict(batch)
-        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        return batch
-
-
-def media_inputs(rows, modality):
-    """The processor arguments for the image or audio of `rows`."""
-    if modality == "image":
-        return {"images": [row["image"] for row in rows]}
-    audio = [decode_audio(row["audio"], sampling_rate=SAMPLING_RATE)[0] for row in rows]
-    return {"audio": audio, "sampling_rate": SAMPLING_RATE}
-
-
 def main(argv=None):
     """Runs the script with `argv` (default: sys.argv[1:]); returns the measured metrics as a flat dict: `bleu` and
     `cider` after training, `baseline bleu`/`baseline cider` before it, `train_loss`, and `eval_loss` (validation)
     when there was an evaluation."""
     # 1. Arguments.
     model_args, data_args, training_args = parse_args(argv)
-    setup_logging(training_args)
-    output_dir = Path(training_args.output_dir)
-    resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
-    check_output_dir(output_dir, training_args.overwrite_output_dir, resume)
-    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # pushed once, at the end, below
-    repo_id = training_args.hub_model_id or output_dir.name
-    if push_to_hub:
-        check_hub_repo_is_empty(repo_id, training_args.hub_token)
+    setup_logging(training_args, "run_captioning")
+    output = prepare_output(training_args, training_args.overwrite_output_dir)  # fails here, not after training
     transformers.set_seed(training_args.seed)
 
     # 2. Data: splits with `caption` and `image` and/or `audio`; captions are measured on test (else validation).
@@ -194,16 +102,7 @@ def main(argv=None):
             f"--modality {modality}: {dataset_name!r} has no {modality} column (columns: {train_split.column_names}); "
             f"pass --{modality}_column NAME or choose the other modality."
         )
-    caption_split_name = "test" if "test" in splits else "validation"
-    if caption_split_name not in splits:
-        raise ValueError(
-            f"{dataset_name!r} has no test or validation split to measure captions on (splits: {sorted(splits)})."
-        )
-    if isinstance(train_split, IterableDataset) and training_args.max_steps <= 0:
-        raise ValueError("Streamed data has no length, so the run needs --max_steps (optimizer steps) to know when to stop.")
-    if eval_split is None and training_args.eval_strategy != "no":
-        logger.warning("No validation split: training without evaluation.")
-        training_args.eval_strategy = "no"
+    caption_split_name = check_splits(splits, dataset_name, training_args, measured="captions")
     if training_args.ddp_find_unused_parameters is None:
         # The towers captions are not made from (and the text tower, without CoCa) get no gradient, which DDP
         # treats as an error unless told.
@@ -217,9 +116,7 @@ def main(argv=None):
     logger.info("Model: %s", describe_model(model))
 
     # 5. Captions of the held-out split before training: the baseline the trained numbers are read against.
-    generate_kwargs = {"num_beams": training_args.generation_num_beams, "do_sample": False}
-    if training_args.generation_max_new_tokens is not None:
-        generate_kwargs["max_new_tokens"] = training_args.generation_max_new_tokens
+    generate_kwargs = training_args.generate_kwargs()
     model.to(training_args.device)
     batch_size = training_args.per_device_eval_batch_size
     baseline_captions = generate_captions(model, processor, caption_rows, modality, batch_size, generate_kwargs)
@@ -234,11 +131,7 @@ def main(argv=None):
         data_collator=CaptioningCollator(processor, modality),
         processing_class=processor,
     )
-    train_result = trainer.train(resume_from_checkpoint=resume)
-    metrics = {"train_loss": train_result.training_loss}
-    eval_losses = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
-    if eval_losses:
-        metrics["eval_loss"] = eval_losses[-1]
+    metrics = train_and_collect_losses(trainer, output.resume)
 
     # 7. Captions after training, next to the baseline.
     captions = generate_captions(trainer.model, processor, caption_rows, modality, batch_size, generate_kwargs)
@@ -249,28 +142,20 @@ def main(argv=None):
         print(format_report(baseline, after, caption_split_name, caption_rows, references, captions, baseline_captions))
 
     # 8. The Hub-ready folder: weights + remote code (pipelines included), processor, model card.
-    check_output_dir(output_dir, training_args.overwrite_output_dir, resume, ignore=RUN_ARTIFACTS)
-    trainer.save_model(str(output_dir))
-    if training_args.should_save:
-        (output_dir / "training_args.bin").unlink(missing_ok=True)  # a Hub folder holds no pickles
-        write_model_card(
-            output_dir,
-            model_name=repo_id.split("/")[-1],
-            metrics=after,
-            task_type=PIPELINE_TASKS[modality],
-            dataset_name=dataset_name,
-            dataset_type=dataset_type,
-            dataset_split=caption_split_name,
-            hyperparameters=hyperparameters(model_args, training_args, trainer, modality),
-            model_description=describe_model(trainer.model),
-            base_model=model_args.model_name_or_path,
-            modalities=("text", modality),
-            repo_id=repo_id,
-        )
-        logger.info("Wrote the model, processor and model card to %s", output_dir)
-        if push_to_hub:
-            commit = push_staged(output_dir, repo_id, training_args)
-            logger.info("Pushed %s to the Hub: %s", output_dir, commit.commit_url)
+    save_output_folder(
+        trainer,
+        output,
+        training_args.overwrite_output_dir,
+        metrics=after,
+        task_type=PIPELINE_TASKS[modality],
+        dataset_name=dataset_name,
+        dataset_type=dataset_type,
+        dataset_split=caption_split_name,
+        hyperparameters=hyperparameters(model_args, trainer, modality),
+        base_model=model_args.model_name_or_path,
+        modalities=("text", modality),
+    )
+    push_output_folder(output, training_args)
     return metrics
 
 
@@ -278,53 +163,20 @@ def main(argv=None):
 
 
 def parse_args(argv):
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, CaptioningTrainingArguments))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    known, _ = parser.parse_known_args(argv)
-    if known.output_dir is None:
-        argv += ["--output_dir", f"outputs/run_captioning-{known.preset}"]
-    return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-
-
-def setup_logging(training_args):
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    level = logging.INFO if training_args.should_log else logging.WARNING
-    for name in ("run_captioning", "run_clip", "training_mm"):
-        logging.getLogger(name).setLevel(level)
-    transformers.utils.logging.set_verbosity_warning()
-    datasets.utils.logging.set_verbosity_warning()
+    parser = HfArgumentParser((ModelArguments, CaptioningDataArguments, CaptioningTrainingArguments))
+    return parse_script_args(parser, argv, default_output_dir=lambda known: f"outputs/run_captioning-{known.preset}")
 
 
 # ------------------------------------------------------------------------------------------------ processor & model
 
 
 def build_processor(model_args, config, train_split):
+    """The checkpoint's processor, or a new one sized for the preset's towers with the tokenizer named by
+    --tokenizer_name (else one trained on the training captions)."""
     if model_args.model_name_or_path:
         return MMProcessor.from_pretrained(model_args.model_name_or_path)
-    text_length = config.text_config.max_position_embeddings
-    if model_args.tokenizer_name:
-        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name)
-        tokenizer.model_max_length = min(tokenizer.model_max_length, text_length)
-    else:
-        captions = (
-            (row["caption"] for row in train_split.select_columns(["caption"]).take(TOKENIZER_STREAM_SAMPLES))
-            if isinstance(train_split, IterableDataset)
-            else train_split["caption"]
-        )
-        tokenizer = train_tokenizer(captions, vocab_size=config.text_config.vocab_size, model_max_length=text_length)
-        logger.info("Trained a tokenizer on the training captions: %d tokens", len(tokenizer))
-    image_size = config.vision_config.image_size
-    return MMProcessor(
-        image_processor=MMImageProcessor(size=image_size, crop_size=image_size),
-        feature_extractor=MMFeatureExtractor(
-            feature_size=config.audio_config.num_mel_bins, max_length=2 * config.audio_config.max_source_positions
-        ),
-        tokenizer=tokenizer,
-    )
+    towers = {"text": config.text_config, "vision": config.vision_config, "audio": config.audio_config}
+    return new_processor(towers, train_split, model_args.tokenizer_name)
 
 
 def build_model(model_args, tokenizer):
@@ -346,42 +198,6 @@ def build_model(model_args, tokenizer):
     return MMForConditionalGeneration(MMConfig.from_preset(model_args.preset, text_config=text_config, **overrides))
 
 
-# ------------------------------------------------------------------------------------------------ evaluation
-
-
-def reference_captions(rows, split):
-    """Each row's references: every caption of its scene (rows with the same `label`) in the split, so that a
-    correct caption worded another way still matches; without labels, the row's own caption."""
-    if "label" not in split.column_names or isinstance(split, IterableDataset):
-        return [[row["caption"]] for row in rows]
-    by_label = defaultdict(list)
-    for label, caption in zip(split["label"], split["caption"]):
-        if caption not in by_label[label]:
-            by_label[label].append(caption)
-    return [by_label[row["label"]] for row in rows]
-
-
-@torch.no_grad()
-def generate_captions(model, processor, rows, modality, batch_size, generate_kwargs):
-    """Greedy (or beam) captions of `rows`' images or audio, as strings."""
-    parameter = next(model.parameters())
-    was_training = model.training
-    model.eval()
-    captions = []
-    try:
-        for start in tqdm(range(0, len(rows), batch_size), desc="Captioning", unit="batch"):
-            inputs = processor(return_tensors="pt", **media_inputs(rows[start : start + batch_size], modality))
-            inputs = {
-                key: value.to(parameter.device, parameter.dtype if value.is_floating_point() else value.dtype)
-                for key, value in inputs.items()
-            }
-            sequences = model.generate(**inputs, **generate_kwargs)
-            captions += [text.strip() for text in processor.batch_decode(sequences, skip_special_tokens=True)]
-    finally:
-        model.train(was_training)
-    return captions
-
-
 # ------------------------------------------------------------------------------------------------ reporting
 
 
@@ -397,22 +213,14 @@ def format_report(before, after, split_name, rows, references, captions, baselin
     return "\n".join(lines)
 
 
-def hyperparameters(model_args, training_args, trainer, modality):
-    args = training_args
+def hyperparameters(model_args, trainer, modality):
+    beams = trainer.args.generation_num_beams
     return {
         "starting point": model_args.model_name_or_path or f"{model_args.preset} preset, from scratch",
         "captions from": modality,
         "contrastive loss weight (CoCa)": trainer.model.config.contrastive_loss_weight,
-        "learning_rate": args.learning_rate,
-        "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-        "warmup_steps": args.warmup_steps,
-        "weight_decay": args.weight_decay,
-        "per_device_train_batch_size": args.per_device_train_batch_size,
-        "processes": args.world_size,
-        "optimizer steps": trainer.state.global_step,
-        "epochs": round(trainer.state.epoch or 0, 2),
-        "evaluation decoding": f"{'greedy' if args.generation_num_beams == 1 else f'{args.generation_num_beams} beams'}",
-        "seed": args.seed,
+        "evaluation decoding": "greedy" if beams == 1 else f"{beams} beams",
+        **trainer_hyperparameters(trainer),
     }
 
 

@@ -14,40 +14,43 @@ retrieval recall@1/5/10 on the held-out split before and after training, and wri
 
 It follows transformers' examples/pytorch/contrastive-image-text/run_clip.py: `HfArgumentParser` over three
 dataclasses, one `main` in numbered steps, and a collator that sets `return_loss=True`, so `Trainer` needs no
-subclass. `main(argv)` is importable and returns the measured metrics.
+subclass. The steps it shares with run_captioning.py and run_lora.py (output-folder and Hub checks, data splits, a new
+processor, the Hub-ready folder) are in training_mm/cli.py. `main(argv)` is importable and returns the measured metrics.
 """
 
 import logging
 import os
-import shutil
-import sys
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
-import datasets
 import torch
 import transformers
-from datasets import IterableDataset
-from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import AutoConfig, AutoImageProcessor, HfArgumentParser, Trainer, TrainingArguments
 
 from configuration_mm import MMConfig
 from modeling_mm import MMModel
-from processing_mm import MMFeatureExtractor, MMImageProcessor, MMProcessor, train_tokenizer
+from training_mm.cli import (
+    RUN_ARTIFACTS,  # noqa: F401  (what the pushed folder leaves out; tests read it here)
+    DataArguments,
+    check_splits,
+    image_size_of,
+    load_processor,
+    load_splits,
+    new_processor,
+    parse_script_args,
+    prepare_output,
+    push_output_folder,
+    run_before_reporting,
+    save_output_folder,
+    setup_logging,
+    train_and_collect_losses,
+    trainer_hyperparameters,
+)
 from training_mm.collators import ContrastiveCollator
-from training_mm.data import filter_unreadable, load_user_dataset
-from training_mm.hub import SYNTHETIC_DATASET, describe_model, push_folder_to_hub, write_model_card
+from training_mm.hub import describe_model
 from training_mm.retrieval import DIRECTIONS, RECALL_AT, metric_name, retrieval_metrics
-from training_mm.synthetic_data import build_synthetic_dataset
 
 logger = logging.getLogger("run_clip")
-
-# Captions read to train a tokenizer when the training data is streamed (a stream has no length to read to the end).
-TOKENIZER_STREAM_SAMPLES = 100_000
-# What the trainer writes into output_dir on its way; anything else there belongs to someone else.
-RUN_ARTIFACTS = ("checkpoint-*", "runs")
 
 
 @dataclass
@@ -90,31 +93,9 @@ class ModelArguments:
 
 
 @dataclass
-class DataTrainingArguments:
+class DataTrainingArguments(DataArguments):
     """Where the captioned images/audio come from (default: the built-in synthetic scenes), and where they go."""
 
-    dataset_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "A Hub dataset, a folder in imagefolder/audiofolder layout with metadata.jsonl/.csv, a CSV/JSONL "
-            "file of paths and captions, or a save_to_disk folder. Default: the built-in data."
-        },
-    )
-    image_column: str | None = field(default=None, metadata={"help": "Image column (default: `image` if present)."})
-    caption_column: str = field(default="caption", metadata={"help": "Caption column."})
-    audio_column: str | None = field(default=None, metadata={"help": "Audio column (default: `audio` if present)."})
-    streaming: bool = field(
-        default=False,
-        metadata={
-            "help": "Stream the data (larger than memory). Needs --max_steps, and --save_strategy steps with "
-            "--save_steps N for checkpoints along the way (an epoch of a stream may never end)."
-        },
-    )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training rows."})
-    num_train_samples: int = field(default=3000, metadata={"help": "Built-in data: training scenes."})
-    num_eval_samples: int = field(
-        default=300, metadata={"help": "Built-in data: scenes in each of validation and test."}
-    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Write into a non-empty --output_dir (never done without this flag)."}
     )
@@ -156,15 +137,8 @@ def main(argv=None):
     `eval_loss` (validation) when there was an evaluation."""
     # 1. Arguments.
     model_args, data_args, training_args = parse_args(argv)
-    setup_logging(training_args)
-    output_dir = Path(training_args.output_dir)
-    resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
-    training_args.resume_from_checkpoint = resume  # the meta-controller restores its state from there
-    check_output_dir(output_dir, data_args.overwrite_output_dir, resume)
-    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # pushed once, at the end, below
-    repo_id = training_args.hub_model_id or output_dir.name
-    if push_to_hub:
-        check_hub_repo_is_empty(repo_id, training_args.hub_token)
+    setup_logging(training_args, "run_clip")
+    output = prepare_output(training_args, data_args.overwrite_output_dir)  # fails here, not after training
     # Evaluation computes the loss even without `labels` (a model with a `labels` argument would otherwise get
     # none, see Trainer.prediction_step); the collator passes labels as a model input.
     training_args.label_names = []
@@ -181,23 +155,13 @@ def main(argv=None):
     towers = tower_configs(model_args)
     splits, dataset_name, dataset_type = load_splits(data_args, training_args, image_size_of(towers["vision"]))
     train_split, eval_split = splits["train"], splits.get("validation")
-    retrieval_split_name = "test" if "test" in splits else "validation"
-    if retrieval_split_name not in splits:
-        raise ValueError(
-            f"{dataset_name!r} has no test or validation split to measure retrieval on (splits: {sorted(splits)}); "
-            "give it more than one row or a validation/test split."
-        )
+    retrieval_split_name = check_splits(splits, dataset_name, training_args, measured="retrieval")
     modalities = tuple(name for name in ("image", "audio") if name in train_split.column_names)
     if training_args.ddp_find_unused_parameters is None:
         # The tower of an absent modality gets no gradient, which DDP treats as an error unless told; with every
         # modality present, each of our parameters gets one, and DDP can skip the search for unused ones.
         external = model_args.text_encoder or model_args.vision_encoder or model_args.audio_encoder
         training_args.ddp_find_unused_parameters = len(modalities) < 2 or bool(external)
-    if isinstance(train_split, IterableDataset) and training_args.max_steps <= 0:
-        raise ValueError("Streamed data has no length: pass --max_steps (optimizer steps) to say when to stop.")
-    if eval_split is None and training_args.eval_strategy != "no":
-        logger.warning("No validation split: training without evaluation.")
-        training_args.eval_strategy = "no"
 
     # 3. Processor: the checkpoint's, or an image processor, feature extractor and tokenizer sized for the towers.
     processor = build_processor(model_args, towers, train_split)
@@ -228,17 +192,15 @@ def main(argv=None):
         processing_class=processor,
         callbacks=callbacks,
     )
+    for callback in callbacks:
+        run_before_reporting(trainer, callback)  # so `--report_to tensorboard` also plots the meta_* values
     global_batch = training_args.per_device_train_batch_size * training_args.world_size
     logger.info(
         "Training on %d process(es): each step's contrastive loss compares every item with all %d items of the global "
         "batch (%d per process x %d; embeddings gathered across processes).",
         training_args.world_size, global_batch, training_args.per_device_train_batch_size, training_args.world_size,
     )
-    train_result = trainer.train(resume_from_checkpoint=resume)
-    metrics = {"train_loss": train_result.training_loss}
-    eval_losses = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
-    if eval_losses:
-        metrics["eval_loss"] = eval_losses[-1]
+    metrics = train_and_collect_losses(trainer, output.resume)
 
     # 7. Retrieval after training, next to the baseline.
     after = retrieval_metrics(
@@ -251,30 +213,20 @@ def main(argv=None):
         print(format_recall_table(baseline, after, retrieval_split_name, retrieval_split))
 
     # 8. The Hub-ready folder: weights + remote code, processor, model card with the numbers just measured.
-    check_output_dir(output_dir, data_args.overwrite_output_dir, resume, ignore=RUN_ARTIFACTS)
-    trainer.accelerator.wait_for_everyone()  # every process checked before any writes
-    trainer.save_model(str(output_dir))  # every process: FSDP/DeepSpeed gather the weights here
-    if training_args.should_save:
-        # Trainer pickles its arguments next to the weights; a Hub folder holds no pickles.
-        (output_dir / "training_args.bin").unlink(missing_ok=True)
-        write_model_card(
-            output_dir,
-            model_name=repo_id.split("/")[-1],
-            metrics=after,
-            task_type="zero-shot-image-classification" if "image" in modalities else "zero-shot-audio-classification",
-            dataset_name=dataset_name,
-            dataset_type=dataset_type,
-            dataset_split=retrieval_split_name,
-            hyperparameters=hyperparameters(model_args, training_args, trainer, modalities),
-            model_description=describe_model(trainer.model),
-            base_model=model_args.model_name_or_path,
-            modalities=("text", *modalities),
-            repo_id=repo_id,
-        )
-        logger.info("Wrote the model, processor and model card to %s", output_dir)
-        if push_to_hub:
-            commit = push_staged(output_dir, repo_id, training_args)
-            logger.info("Pushed %s to the Hub: %s", output_dir, commit.commit_url)
+    save_output_folder(
+        trainer,
+        output,
+        data_args.overwrite_output_dir,
+        metrics=after,
+        task_type="zero-shot-image-classification" if "image" in modalities else "zero-shot-audio-classification",
+        dataset_name=dataset_name,
+        dataset_type=dataset_type,
+        dataset_split=retrieval_split_name,
+        hyperparameters=hyperparameters(model_args, trainer, modalities),
+        base_model=model_args.model_name_or_path,
+        modalities=("text", *modalities),
+    )
+    push_output_folder(output, training_args)
     return metrics
 
 
@@ -284,11 +236,9 @@ def main(argv=None):
 def parse_args(argv):
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
     parser.set_defaults(**TRAINING_DEFAULTS)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    known, _ = parser.parse_known_args(argv)
-    if known.output_dir is None:
-        argv += ["--output_dir", f"outputs/run_clip-{known.preset}"]
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    model_args, data_args, training_args = parse_script_args(
+        parser, argv, default_output_dir=lambda known: f"outputs/run_clip-{known.preset}"
+    )
     encoders = (model_args.text_encoder, model_args.vision_encoder, model_args.audio_encoder)
     if model_args.model_name_or_path and any(encoders):
         raise ValueError(
@@ -296,115 +246,6 @@ def parse_args(argv):
             "--vision_encoder/--audio_encoder, or drop --model_name_or_path to compose a new model from them."
         )
     return model_args, data_args, training_args
-
-
-def setup_logging(training_args):
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    level = logging.INFO if training_args.should_log else logging.WARNING
-    for name in ("run_clip", "training_mm"):
-        logging.getLogger(name).setLevel(level)
-    transformers.utils.logging.set_verbosity_warning()
-    datasets.utils.logging.set_verbosity_warning()
-
-
-def resolve_resume(value, output_dir):
-    """`--resume_from_checkpoint last` means the newest checkpoint in output_dir; a path must exist."""
-    if value is None:
-        return None
-    if value == "last":
-        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-        if last is None:
-            raise FileNotFoundError(f"--resume_from_checkpoint last: no checkpoint-* folder in {output_dir} to resume.")
-        return last
-    if not Path(value).is_dir():
-        raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such folder (or pass `last`).")
-    return value
-
-
-def check_output_dir(output_dir, overwrite, resume, ignore=()):
-    """Refuses to write into a non-empty folder unless asked to (or continuing the run that is there).
-
-    Checked before training and again before writing; the second time, what this run wrote itself (`ignore`:
-    checkpoints, TensorBoard logs) does not count.
-    """
-    if output_dir.exists() and not output_dir.is_dir():
-        raise NotADirectoryError(f"--output_dir {output_dir} is a file; choose a folder.")
-    if overwrite or resume or not output_dir.is_dir():
-        return
-    entries = sorted(p.name for p in output_dir.iterdir() if not any(p.match(pattern) for pattern in ignore))
-    if entries:
-        checkpoint = get_last_checkpoint(str(output_dir))
-        hint = f" or --resume_from_checkpoint last to continue from {checkpoint}," if checkpoint else ""
-        raise FileExistsError(
-            f"Output folder {output_dir} is not empty ({len(entries)} entries: {', '.join(entries[:5])}"
-            f"{', ...' if len(entries) > 5 else ''}). Pass --overwrite_output_dir to write into it anyway,{hint} "
-            "or choose another --output_dir."
-        )
-
-
-def check_hub_repo_is_empty(repo_id, token):
-    """Fails before training, not after, when --push_to_hub would be refused (see push_folder_to_hub)."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    api = HfApi(token=token)
-    if "/" not in repo_id:
-        repo_id = f"{api.whoami()['name']}/{repo_id}"
-    try:
-        files = [path for path in api.list_repo_files(repo_id) if path != ".gitattributes"]
-    except RepositoryNotFoundError:
-        return
-    if files:
-        raise FileExistsError(
-            f"--push_to_hub: the Hub repo {repo_id} already has {len(files)} file(s), and this script never overwrites "
-            "a repo. Choose another --hub_model_id, or push the finished folder yourself with "
-            "training_mm.hub.push_folder_to_hub(folder, repo_id, overwrite=True)."
-        )
-
-
-# ------------------------------------------------------------------------------------------------ data
-
-
-def load_splits(data_args, training_args, image_size):
-    """Returns (splits, readable dataset name, dataset id for the model card)."""
-    if data_args.dataset_name is None:
-        # One process builds (or loads) the cached data while the others wait, then they all load the cache.
-        with training_args.main_process_first(desc="building the built-in data"):
-            splits = build_synthetic_dataset(
-                num_train=data_args.num_train_samples,
-                num_validation=data_args.num_eval_samples,
-                num_test=data_args.num_eval_samples,
-                image_size=image_size,
-            )
-        name, dataset_type = "mm built-in synthetic scenes", SYNTHETIC_DATASET
-    else:
-        with training_args.main_process_first(desc="loading the dataset"):
-            splits = load_user_dataset(
-                data_args.dataset_name,
-                image_column=data_args.image_column,
-                caption_column=data_args.caption_column,
-                audio_column=data_args.audio_column,
-                streaming=data_args.streaming,
-            )
-            # Rows whose image/audio cannot be decoded or whose caption is empty are logged with a count and dropped.
-            splits = {split_name: filter_unreadable(split) for split_name, split in splits.items()}
-        name = dataset_type = data_args.dataset_name
-    splits = dict(splits)
-    if data_args.max_train_samples is not None:
-        train = splits["train"]
-        splits["train"] = (
-            train.take(data_args.max_train_samples)
-            if isinstance(train, IterableDataset)
-            else train.select(range(min(data_args.max_train_samples, len(train))))
-        )
-    for split_name, split in splits.items():
-        size = "streamed" if isinstance(split, IterableDataset) else f"{len(split)} rows"
-        logger.info("Split %s: %s, columns %s", split_name, size, split.column_names)
-    return splits, name, dataset_type
 
 
 # ------------------------------------------------------------------------------------------------ processor & model
@@ -424,57 +265,20 @@ def tower_configs(model_args):
     return towers
 
 
-def image_size_of(vision_config):
-    size = getattr(vision_config, "image_size", 224)
-    return size if isinstance(size, int) else max(size)
-
-
 def build_processor(model_args, towers, train_split):
-    checkpoint = model_args.model_name_or_path
-    if checkpoint:
-        # Built from this package's classes: a checkpoint's own copies of them (remote code) are never executed.
-        return MMProcessor(
-            image_processor=MMImageProcessor.from_pretrained(checkpoint),
-            feature_extractor=MMFeatureExtractor.from_pretrained(checkpoint),
-            tokenizer=AutoTokenizer.from_pretrained(model_args.tokenizer_name or checkpoint),
-        )
-
-    max_text_length = getattr(towers["text"], "max_position_embeddings", 512)
-    tokenizer_source = model_args.tokenizer_name or model_args.text_encoder
-    if tokenizer_source:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-        # Longer texts would index past the text tower's position table.
-        tokenizer.model_max_length = min(tokenizer.model_max_length, max_text_length)
-    else:
-        captions = (
-            (row["caption"] for row in train_split.select_columns(["caption"]).take(TOKENIZER_STREAM_SAMPLES))
-            if isinstance(train_split, IterableDataset)
-            else train_split["caption"]
-        )
-        # Deterministic for the same captions, so every process of a distributed run trains the same tokenizer.
-        tokenizer = train_tokenizer(
-            captions, vocab_size=towers["text"].vocab_size, model_max_length=max_text_length
-        )
-        logger.info("Trained a tokenizer on the training captions: %d tokens", len(tokenizer))
-
-    image_size = image_size_of(towers["vision"])
+    """The checkpoint's processor, or a new one sized for the towers, with the text encoder's tokenizer (else one
+    trained on the captions) and, for a pretrained vision tower, the normalisation it was trained with."""
+    if model_args.model_name_or_path:
+        return load_processor(model_args.model_name_or_path, tokenizer_name=model_args.tokenizer_name)
     image_kwargs = {}
     if model_args.vision_encoder:
-        # A pretrained vision tower expects the normalisation it was trained with.
         try:
             reference = AutoImageProcessor.from_pretrained(model_args.vision_encoder)
             image_kwargs = {"image_mean": reference.image_mean, "image_std": reference.image_std}
         except (OSError, ValueError, AttributeError):
             logger.warning("%s has no image processor; normalising with CLIP's mean/std.", model_args.vision_encoder)
-    audio = towers["audio"]
-    return MMProcessor(
-        image_processor=MMImageProcessor(size=image_size, crop_size=image_size, **image_kwargs),
-        feature_extractor=MMFeatureExtractor(
-            feature_size=getattr(audio, "num_mel_bins", 80),
-            max_length=2 * getattr(audio, "max_source_positions", 500),
-        ),
-        tokenizer=tokenizer,
-    )
+    tokenizer_source = model_args.tokenizer_name or model_args.text_encoder
+    return new_processor(towers, train_split, tokenizer_source, image_kwargs)
 
 
 def build_model(model_args, tokenizer):
@@ -523,8 +327,8 @@ def format_recall_table(before, after, split_name, split):
     return "\n".join(lines)
 
 
-def hyperparameters(model_args, training_args, trainer, modalities):
-    args = training_args
+def hyperparameters(model_args, trainer, modalities):
+    args = trainer.args
     values = {
         "starting point": model_args.model_name_or_path
         or ", ".join(
@@ -535,30 +339,12 @@ def hyperparameters(model_args, training_args, trainer, modalities):
         or f"{model_args.preset} preset, from scratch",
         "modalities": ", ".join(("text", *modalities)),
         "loss": trainer.model.config.loss_type,
-        "learning_rate": args.learning_rate,
-        "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-        "warmup_steps": args.warmup_steps,
-        "weight_decay": args.weight_decay,
-        "per_device_train_batch_size": args.per_device_train_batch_size,
-        "processes": args.world_size,
         "contrastive batch (global)": args.per_device_train_batch_size * args.world_size,
-        "optimizer steps": trainer.state.global_step,
-        "epochs": round(trainer.state.epoch or 0, 2),
-        "seed": args.seed,
+        **trainer_hyperparameters(trainer),
     }
     if model_args.meta_controller:
         values["learning-rate meta-controller"] = "on"
     return values
-
-
-def push_staged(output_dir, repo_id, training_args):
-    """Pushes the folder without the run's checkpoints and logs, which stay local."""
-    with tempfile.TemporaryDirectory() as staging:
-        staged = Path(staging) / "model"
-        shutil.copytree(output_dir, staged, ignore=shutil.ignore_patterns(*RUN_ARTIFACTS))
-        return push_folder_to_hub(
-            staged, repo_id, token=training_args.hub_token, private=bool(training_args.hub_private_repo)
-        )
 
 
 if __name__ == "__main__":

@@ -20,14 +20,13 @@ Where mm is not installed, the adapter loads onto the base as remote code:
 
 `--merge_output_dir` also writes the merged model (`merge_and_unload`): a plain checkpoint with remote code.
 
-Same shape as run_clip.py and run_captioning.py, whose data options, collators, evaluation and folder/Hub checks it
-uses: `HfArgumentParser` over three dataclasses, one `main` in numbered steps, `main(argv)` importable and returning
-the measured metrics.
+Same shape as run_clip.py and run_captioning.py, whose data options, collators, evaluation and folder/Hub steps it
+shares through training_mm (`cli`, `captioning`, `retrieval`): `HfArgumentParser` over three dataclasses, one `main`
+in numbered steps, `main(argv)` importable and returning the measured metrics.
 """
 
 import json
 import logging
-import sys
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
@@ -35,38 +34,31 @@ from pathlib import Path
 from typing import Literal
 
 import transformers
-from datasets import IterableDataset
 from peft import get_peft_model
-from transformers import AutoTokenizer, HfArgumentParser, Trainer
+from transformers import HfArgumentParser, Trainer
 
 from modeling_mm import MMForConditionalGeneration, MMModel
-from processing_mm import MMFeatureExtractor, MMImageProcessor, MMProcessor
 from training_mm.caption_metrics import caption_metrics
+from training_mm.captioning import PIPELINE_TASKS, CaptioningCollator, generate_captions, reference_captions
+from training_mm.cli import (
+    CaptioningDataArguments,
+    CaptioningTrainingArguments,
+    check_splits,
+    image_size_of,
+    load_processor,
+    load_splits,
+    parse_script_args,
+    prepare_output,
+    push_output_folder,
+    save_output_folder,
+    setup_logging,
+    train_and_collect_losses,
+    trainer_hyperparameters,
+)
 from training_mm.collators import ContrastiveCollator
 from training_mm.hub import describe_model, write_model_card
 from training_mm.lora import MODALITY_TOWERS, build_lora_config, count_parameters, format_parameter_counts
 from training_mm.retrieval import retrieval_metrics
-
-# examples/ is not a package: run_clip.py and run_captioning.py sit next to this file.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_captioning import (  # noqa: E402
-    PIPELINE_TASKS,
-    CaptioningCollator,
-    CaptioningTrainingArguments,
-    DataTrainingArguments,
-    generate_captions,
-    reference_captions,
-    setup_logging,
-)
-from run_clip import (  # noqa: E402
-    RUN_ARTIFACTS,
-    check_hub_repo_is_empty,
-    check_output_dir,
-    image_size_of,
-    load_splits,
-    push_staged,
-    resolve_resume,
-)
 
 logger = logging.getLogger("run_lora")
 
@@ -135,18 +127,9 @@ def main(argv=None):
     `total_parameters` of the adapted model."""
     # 1. Arguments, and the checks that must fail before training rather than after.
     model_args, data_args, training_args = parse_args(argv)
-    setup_logging(training_args)
-    logging.getLogger("run_lora").setLevel(logging.getLogger("run_captioning").level)
-    output_dir = Path(training_args.output_dir)
+    setup_logging(training_args, "run_lora")
     merge_dir = Path(model_args.merge_output_dir) if model_args.merge_output_dir else None
-    resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
-    check_output_dir(output_dir, training_args.overwrite_output_dir, resume)
-    if merge_dir is not None:
-        check_output_dir(merge_dir, training_args.overwrite_output_dir, None)
-    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # pushed once, at the end, below
-    repo_id = training_args.hub_model_id or output_dir.name
-    if push_to_hub:
-        check_hub_repo_is_empty(repo_id, training_args.hub_token)
+    output = prepare_output(training_args, training_args.overwrite_output_dir, [merge_dir] if merge_dir else [])
     captioning = model_args.task == "captioning"
     if not captioning:
         training_args.label_names = []  # contrastive `labels` are group ids for the loss, not targets
@@ -160,15 +143,8 @@ def main(argv=None):
     # 3. Data: splits with `caption` and `image` and/or `audio` (and `label` for the built-in data).
     splits, dataset_name, dataset_type = load_splits(data_args, training_args, image_size_of(model.config.vision_config))
     train_split, eval_split = splits["train"], splits.get("validation")
-    held_out_name = "test" if "test" in splits else "validation"
-    if held_out_name not in splits:
-        raise ValueError(f"{dataset_name!r} has no test or validation split to measure on (splits: {sorted(splits)}).")
+    held_out_name = check_splits(splits, dataset_name, training_args, "captions" if captioning else "retrieval")
     modalities = data_modalities(train_split, data_args.modality, captioning)
-    if isinstance(train_split, IterableDataset) and training_args.max_steps <= 0:
-        raise ValueError("Streamed data has no length, so the run needs --max_steps (optimizer steps) to know when to stop.")
-    if eval_split is None and training_args.eval_strategy != "no":
-        logger.warning("No validation split: training without evaluation.")
-        training_args.eval_strategy = "no"
     towers = None if model_args.target_modules else chosen_towers(model_args.towers, modalities, captioning, model.config)
 
     # 4. The held-out metrics of the base model: the baseline the adapted numbers are read against.
@@ -195,11 +171,7 @@ def main(argv=None):
         data_collator=collator,
         processing_class=processor,
     )
-    train_result = trainer.train(resume_from_checkpoint=resume)
-    metrics = {"train_loss": train_result.training_loss}
-    eval_losses = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
-    if eval_losses:
-        metrics["eval_loss"] = eval_losses[-1]
+    metrics = train_and_collect_losses(trainer, output.resume)
 
     # 7. The held-out metrics with the adapter, next to the baseline.
     after = evaluate(trainer.model)
@@ -210,37 +182,33 @@ def main(argv=None):
         print(format_comparison(baseline, after, held_out_name))
 
     # 8. The adapter folder: adapter weights and config, the processor, a card with the numbers just measured.
-    check_output_dir(output_dir, training_args.overwrite_output_dir, resume, ignore=RUN_ARTIFACTS)
-    trainer.save_model(str(output_dir))  # adapter_config.json + adapter_model.safetensors, and the processor
     card = dict(
         metrics=after,
         task_type=task_type,
         dataset_name=dataset_name,
         dataset_type=dataset_type,
         dataset_split=held_out_name,
-        hyperparameters=hyperparameters(model_args, training_args, trainer, towers, lora_config, trainable, total),
-        model_description=describe_model(trainer.model),
+        hyperparameters=hyperparameters(model_args, trainer, towers, lora_config, trainable, total),
         base_model=base,
         modalities=("text", *modalities),
     )
-    if training_args.should_save:
-        (output_dir / "training_args.bin").unlink(missing_ok=True)  # a Hub folder holds no pickles
-        point_auto_mapping_at_transformers(output_dir, AUTO_CLASSES[task_type])
-        write_model_card(output_dir, model_name=repo_id.split("/")[-1], repo_id=repo_id, is_adapter=True, **card)
-        logger.info("Wrote the adapter, processor and model card to %s", output_dir)
+    if save_output_folder(trainer, output, training_args.overwrite_output_dir, "adapter", is_adapter=True, **card):
+        point_auto_mapping_at_transformers(output.folder, AUTO_CLASSES[task_type])
 
         # 9. Optionally the merged model: the base weights with the adapter folded in, loadable without PEFT.
         if merge_dir is not None:
             merged = trainer.model.merge_and_unload()
             merged.save_pretrained(merge_dir)
             processor.save_pretrained(merge_dir)
-            card["model_description"] = describe_model(merged)
-            write_model_card(merge_dir, model_name=merge_dir.name, repo_id=merge_dir.name, **card)
+            write_model_card(
+                merge_dir,
+                model_name=merge_dir.name,
+                repo_id=merge_dir.name,
+                model_description=describe_model(merged),
+                **card,
+            )
             logger.info("Wrote the merged model, processor and model card to %s", merge_dir)
-
-        if push_to_hub:
-            commit = push_staged(output_dir, repo_id, training_args)
-            logger.info("Pushed the adapter in %s to the Hub: %s", output_dir, commit.commit_url)
+    push_output_folder(output, training_args, what="the adapter in ")
     return metrics
 
 
@@ -248,18 +216,22 @@ def main(argv=None):
 
 
 def parse_args(argv):
-    parser = HfArgumentParser((LoraModelArguments, DataTrainingArguments, LoraTrainingArguments))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    known, _ = parser.parse_known_args(argv)
-    if known.output_dir is None and known.model_name_or_path:
-        argv += ["--output_dir", f"outputs/run_lora-{Path(known.model_name_or_path.rstrip('/')).name}"]
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    parser = HfArgumentParser((LoraModelArguments, CaptioningDataArguments, LoraTrainingArguments))
+    model_args, data_args, training_args = parse_script_args(parser, argv, default_output_dir=default_output_dir)
     if model_args.towers and model_args.target_modules:
         raise ValueError(
             "--target_modules names the adapted layers itself (a regular expression over module paths, towers "
             "included); drop --towers, or drop --target_modules to adapt the default layers of --towers."
         )
     return model_args, data_args, training_args
+
+
+def default_output_dir(known):
+    """outputs/run_lora-<the base checkpoint's name>; none without --model_name_or_path (the parser then says it is
+    required)."""
+    if known.model_name_or_path:
+        return f"outputs/run_lora-{Path(known.model_name_or_path.rstrip('/')).name}"
+    return None
 
 
 def data_modalities(train_split, modality, captioning):
@@ -307,9 +279,7 @@ def task_parts(captioning, processor, held_out, modalities, data_args, training_
         return evaluate, ContrastiveCollator(processor, modalities), task_type
     modality = modalities[0]
     rows = list(islice(held_out, data_args.max_eval_samples))
-    generate_kwargs = {"num_beams": training_args.generation_num_beams, "do_sample": False}
-    if training_args.generation_max_new_tokens is not None:
-        generate_kwargs["max_new_tokens"] = training_args.generation_max_new_tokens
+    generate_kwargs = training_args.generate_kwargs()
     evaluate = partial(caption_scores, processor=processor, rows=rows, references=reference_captions(rows, held_out),
                        modality=modality, batch_size=batch_size, generate_kwargs=generate_kwargs)  # fmt: skip
     return evaluate, CaptioningCollator(processor, modality), PIPELINE_TASKS[modality]
@@ -330,18 +300,6 @@ def load_base_model(path, captioning):
             f"{path}), then put LoRA on that checkpoint; or use --task contrastive."
         )
     return model
-
-
-def load_processor(path, config):
-    """The checkpoint's processor, built from the package's classes. (`MMProcessor.from_pretrained` loads its image
-    processor and feature extractor through the Auto classes, and `AutoTokenizer` without `config` loads the model's
-    config through `AutoConfig`: all of them ask for trust_remote_code, because the saved folder names its classes as
-    remote code for consumers without the package.)"""
-    return MMProcessor(
-        image_processor=MMImageProcessor.from_pretrained(path),
-        feature_extractor=MMFeatureExtractor.from_pretrained(path),
-        tokenizer=AutoTokenizer.from_pretrained(path, config=config),
-    )
 
 
 def point_auto_mapping_at_transformers(adapter_dir, auto_class):
@@ -372,8 +330,7 @@ def format_comparison(before, after, split_name):
     return "\n".join(lines)
 
 
-def hyperparameters(model_args, training_args, trainer, towers, lora_config, trainable, total):
-    args = training_args
+def hyperparameters(model_args, trainer, towers, lora_config, trainable, total):
     return {
         "base model": model_args.model_name_or_path,
         "task": model_args.task,
@@ -383,15 +340,7 @@ def hyperparameters(model_args, training_args, trainer, towers, lora_config, tra
         "LoRA alpha": lora_config.lora_alpha,
         "LoRA dropout": lora_config.lora_dropout,
         "trainable parameters": f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%)",
-        "learning_rate": args.learning_rate,
-        "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-        "warmup_steps": args.warmup_steps,
-        "weight_decay": args.weight_decay,
-        "per_device_train_batch_size": args.per_device_train_batch_size,
-        "processes": args.world_size,
-        "optimizer steps": trainer.state.global_step,
-        "epochs": round(trainer.state.epoch or 0, 2),
-        "seed": args.seed,
+        **trainer_hyperparameters(trainer),
     }
 
 

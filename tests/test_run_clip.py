@@ -1,6 +1,7 @@
 """examples/run_clip.py end to end, called as `main([...])` on tiny settings: the built-in data, a local imagefolder, a
 CSV (also streamed), towers from local checkpoints, continuing a checkpoint, resuming a killed run (with and without
-the learning-rate meta-controller), pushing to a (local) Hub, and the errors a user can run into."""
+the learning-rate meta-controller, whose values also reach TensorBoard), pushing to a (local) Hub, and the errors a user
+can run into."""
 
 import contextlib
 import io
@@ -255,6 +256,24 @@ def test_resumed_run_continues_the_loss_curve_of_the_uninterrupted_one(builtin_d
 def test_resume_needs_a_checkpoint(builtin_data, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         run_clip.main([*TINY, "--output_dir", str(tmp_path), "--resume_from_checkpoint", "last"])
+
+
+def test_meta_controller_values_reach_tensorboard(builtin_data, tmp_path):
+    """With `--report_to tensorboard`, the meta-controller's `meta_*` values are plotted next to the loss at every
+    logging step: the controller runs before the reporting callbacks, which Trainer would otherwise call first."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    output_dir = tmp_path / "out"
+    run_clip.main([*TINY, "--meta_controller", "--report_to", "tensorboard", "--output_dir", str(output_dir)])
+    scalars = {}
+    for folder in {path.parent for path in (output_dir / "runs").rglob("events.out.tfevents.*")}:
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        scalars.update({tag: events.Scalars(tag) for tag in events.Tags()["scalars"]})
+    assert [event.step for event in scalars["train/loss"]] == [1, 2, 3]
+    multipliers = scalars.get("train/meta_lr_multiplier", [])
+    assert [event.step for event in multipliers] == [1, 2, 3], f"no meta_lr_multiplier in {sorted(scalars)}"
+    assert all(0 < event.value <= 1 for event in multipliers)  # the cautious start, x0.1, grows to x1 at most
 
 
 def test_meta_controller_stops_a_diverging_run_before_writing_non_finite_weights(builtin_data, tmp_path):

@@ -1,0 +1,80 @@
+"""Captioning for training and evaluation (examples/run_captioning.py, run_lora.py --task captioning): batching rows
+for `MMForConditionalGeneration`, generating captions, and each row's reference captions.
+
+Example:
+```python
+>>> collator = CaptioningCollator(processor, "image")
+>>> trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
+>>> captions = generate_captions(model, processor, rows, "image", batch_size=64, generate_kwargs={"num_beams": 1})
+>>> caption_metrics(captions, reference_captions(rows, test_split))  # training_mm.caption_metrics
+```
+"""
+
+from collections import defaultdict
+
+import torch
+from datasets import IterableDataset
+from tqdm.auto import tqdm
+
+from .data import SAMPLING_RATE, decode_audio
+
+# The pipeline task (and the model card's task) of a captioner, by the modality it captions from.
+PIPELINE_TASKS = {"image": "image-to-text", "audio": "automatic-speech-recognition"}
+
+
+class CaptioningCollator:
+    """Rows -> `MMForConditionalGeneration.forward` arguments: the processed image or audio, the caption as
+    `input_ids`, and `labels` = the caption's ids with -100 at padding (the model shifts them)."""
+
+    def __init__(self, processor, modality):
+        self.processor = processor
+        self.modality = modality
+
+    def __call__(self, rows):
+        batch = self.processor(
+            text=[row["caption"] for row in rows], return_tensors="pt", **media_inputs(rows, self.modality)
+        )
+        batch = dict(batch)
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        return batch
+
+
+def media_inputs(rows, modality):
+    """The processor arguments for the image or audio of `rows`."""
+    if modality == "image":
+        return {"images": [row["image"] for row in rows]}
+    audio = [decode_audio(row["audio"], sampling_rate=SAMPLING_RATE)[0] for row in rows]
+    return {"audio": audio, "sampling_rate": SAMPLING_RATE}
+
+
+def reference_captions(rows, split):
+    """Each row's references: every caption of its scene (rows with the same `label`) in the split, so that a
+    correct caption worded another way still matches; without labels, the row's own caption."""
+    if "label" not in split.column_names or isinstance(split, IterableDataset):
+        return [[row["caption"]] for row in rows]
+    by_label = defaultdict(list)
+    for label, caption in zip(split["label"], split["caption"]):
+        if caption not in by_label[label]:
+            by_label[label].append(caption)
+    return [by_label[row["label"]] for row in rows]
+
+
+@torch.no_grad()
+def generate_captions(model, processor, rows, modality, batch_size, generate_kwargs):
+    """Greedy (or beam) captions of `rows`' images or audio, as strings."""
+    parameter = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    captions = []
+    try:
+        for start in tqdm(range(0, len(rows), batch_size), desc="Captioning", unit="batch"):
+            inputs = processor(return_tensors="pt", **media_inputs(rows[start : start + batch_size], modality))
+            inputs = {
+                key: value.to(parameter.device, parameter.dtype if value.is_floating_point() else value.dtype)
+                for key, value in inputs.items()
+            }
+            sequences = model.generate(**inputs, **generate_kwargs)
+            captions += [text.strip() for text in processor.batch_decode(sequences, skip_special_tokens=True)]
+    finally:
+        model.train(was_training)
+    return captions
