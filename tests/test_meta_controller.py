@@ -130,6 +130,19 @@ def test_tuned_learning_rate_is_not_hurt(tmp_path, baselines):
     assert all({"meta_lr_multiplier", "meta_hypergradient", "meta_loss"} <= entry.keys() for entry in train_logs)
 
 
+def test_growth_beyond_x1_needs_small_updates(tmp_path):
+    # At the tuned LR each step moves the toy's weights by ~2% of their norm (scaled to the schedule's peak):
+    # above the default min_update_ratio, so a falling loss does not grow the multiplier beyond x1 (see
+    # test_tuned_learning_rate_is_not_hurt). Declaring every update "small" lets the bold driver grow it.
+    default, greedy = MetaControllerCallback(), MetaControllerCallback(min_update_ratio=1.0)
+    _, trainer = train_toy(tmp_path / "default", TUNED_LR, default)
+    train_toy(tmp_path / "greedy", TUNED_LR, greedy)
+    ratios = [entry["meta_update_ratio"] for entry in trainer.state.log_history if "meta_update_ratio" in entry]
+    assert len(ratios) >= 7 and min(ratios) > default.config["min_update_ratio"]
+    assert default.multiplier < 1.5
+    assert greedy.multiplier > 3
+
+
 class LearningRateSpy(TrainerCallback):
     """Records, just before each optimizer step, the learning rate the step will use and the schedule's own."""
 
@@ -244,6 +257,7 @@ def test_resume_with_different_arguments_is_refused(tmp_path):
         ({"min_multiplier": 2.0}, "min_multiplier=2.0"),
         ({"max_multiplier": 0.5}, "max_multiplier=0.5"),
         ({"meta_learning_rate": 0.0}, "meta_learning_rate"),
+        ({"min_update_ratio": -1.0}, "min_update_ratio"),
     ],
 )
 def test_bad_arguments_are_rejected(kwargs, message):

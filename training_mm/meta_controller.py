@@ -34,14 +34,23 @@ Algorithm
      (scheduled LR / peak LR)^2, because a deliberately low LR is weak evidence against the multiplier.
 4. Bold driver (Battiti 1989), on the loss: after each decision whose last `TREND_WINDOWS` windows show a
    significantly falling log loss (least-squares slope, t <= -`SIGNIFICANCE`), the multiplier grows by
-   `RAMP_FACTOR` = sqrt(2), up to `GROWTH_CAP` = x1; a window whose mean loss rose significantly over the
-   previous one halves it. A step whose loss jumps above twice its recent average, beyond three recent
-   standard deviations (log scale), halves it at once, before that step is applied. All three write into the
-   LSTM's output bias, so the learned controller continues from there. Growth stops at x1 because a falling
-   loss says nothing about whether a larger LR would end lower: growing on it beyond x1 brought ten times too
-   low runs on the mm model (two seeds) to the tuned run's eval loss, but made the toy regression of
-   tests/test_meta_controller.py end 34% worse at its tuned LR. Beyond x1, only the hypergradient raises the
-   multiplier.
+   `RAMP_FACTOR` = sqrt(2), up to `GROWTH_CAP` = x1 -- and beyond x1 while the run's steps are small: while
+   the window's updates, scaled to the schedule's peak, move the weights by less than `min_update_ratio`
+   (default 0.5%) of their norm per step; a window whose mean loss rose significantly over the previous one
+   halves it. A step whose loss jumps above twice its recent average, beyond three recent standard
+   deviations (log scale), halves it at once, before that step is applied. All three write into the LSTM's
+   output bias, so the learned controller continues from there.
+   Why the update size decides growth beyond x1: a falling loss alone says nothing about whether a larger LR
+   would end lower (growing on it without limit brought ten times too low runs of the mm model to the tuned
+   run's eval loss, but made the toy regression of tests/test_meta_controller.py end 34% worse at its tuned
+   LR), and with Adam the hypergradient cannot say it either after the first steps (see 3). The relative
+   update size can: at the peak of the schedule, Adam moves each weight by about the LR, so ||Δθ|| / ||θ||
+   measures the LR against the scale of the weights. Measured per step, scaled to the peak, at x1 (strided
+   sample, AdamW, steps 25-125): the mm contrastive model (tiny preset) 0.7-0.9% at its tuned LR and
+   0.08-0.1% at ten times too low; the toy 2.2% at its tuned LR and 0.6% at ten times too low. 0.5% separates
+   both. It is a rule of thumb, not a law (Karpathy's "update / weight ratio ~1e-3"; LARS and LAMB rest on the
+   same ratio): set `min_update_ratio=0` to keep growth at x1 when a small LR is deliberate, e.g. finetuning
+   a pretrained model.
 5. Why start at x0.1: the first steps of a contrastive model at a learning rate well above the tuned one
    collapse its embeddings (the loss sits at log(batch size), the gradients vanish) before any signal exists,
    and that cannot be undone; ten times too high a learning rate ends at chance retrieval without the
@@ -70,10 +79,11 @@ NaN are ever written.
 
 Limits: the model must return its loss from `forward` (HF convention). Damage done by the first steps of an
 LR more than ten times too high (the cautious start covers x10), before any signal exists, cannot be undone;
-warmup gives the guards time to act. A learning rate that is too low is raised only as far as significant
-negative hypergradients carry it, which with Adam happens in the first few dozen steps only (see 3): on the mm
-model a ten times too low LR gains little. Very short runs pay for the cautious start: the bold driver needs
-`TREND_WINDOWS` windows of losses before it first raises the multiplier. Tested
+warmup gives the guards time to act. A learning rate that is too low is raised beyond x1 by significant
+negative hypergradients (with Adam, in the first few dozen steps only, see 3) and by the bold driver while the
+updates are small (see 4): a deliberately small LR, as in finetuning, is raised too unless
+`min_update_ratio=0`. Very short runs pay for the cautious start: the bold driver needs `TREND_WINDOWS`
+windows of losses before it first raises the multiplier. Tested
 single-process and with DDP; under DeepSpeed the gradients are not in `param.grad`, so only the loss signals
 and guards work there. A checkpoint
 outside `output_dir` is found only through `TrainingArguments.resume_from_checkpoint`.
@@ -106,8 +116,8 @@ print(controller.multiplier, [log["meta_lr_multiplier"] for log in trainer.state
 ```
 
 `Trainer` calls the `report_to` integrations before the callbacks you pass, so to see the `meta_*` values in
-TensorBoard put the controller first: `report_to="none"` and
-`callbacks=[MetaControllerCallback(), transformers.integrations.TensorBoardCallback()]`. They are always in
+TensorBoard move the controller ahead of them after building the Trainer:
+`training_mm.cli.run_before_reporting(trainer, controller)` (examples/run_clip.py does). They are always in
 `trainer.state.log_history` (hence `trainer_state.json`) and in the console logs.
 """
 
@@ -152,6 +162,9 @@ START_MULTIPLIER = 0.1
 RAMP_FACTOR = math.sqrt(2)
 GROWTH_CAP = 1.0
 TREND_WINDOWS = 3
+# Beyond GROWTH_CAP the bold driver grows the multiplier only while a step moves the weights by less than this
+# fraction of their norm at the schedule's peak (`min_update_ratio`, step 4 of the module doc).
+MIN_UPDATE_RATIO = 5e-3
 # Divergence reflex: loss above SPIKE_FACTOR x its EMA, beyond SPIKE_DEVIATIONS EMA standard deviations
 # (log scale, EMA over ~1 / (1 - LOSS_EMA_DECAY) = 10 steps).
 SPIKE_FACTOR = 2.0
@@ -171,6 +184,9 @@ class MetaControllerCallback(TrainerCallback):
         meta_learning_rate (`float`, defaults to 5.0): SGD learning rate of the controller. A significant window
             with mean hypergradient H moves log(multiplier) by roughly -meta_learning_rate * H; |H| <= 1 and is
             rarely above 0.5, so the default moves the multiplier by up to ~10x in one window of strong evidence.
+        min_update_ratio (`float`, defaults to 5e-3): while the loss falls significantly, the multiplier grows
+            beyond x1 as long as each step, scaled to the schedule's peak LR, moves the weights by less than this
+            fraction of their norm (step 4 of the module doc). 0 never grows it beyond x1 on a falling loss.
         seed (`int`, defaults to 0): seed of the controller's initial weights (the global RNG is left untouched).
 
     Attributes:
@@ -186,6 +202,7 @@ class MetaControllerCallback(TrainerCallback):
         max_multiplier: float = 1e2,
         hidden_size: int = 16,
         meta_learning_rate: float = 5.0,
+        min_update_ratio: float = MIN_UPDATE_RATIO,
         seed: int = 0,
     ):
         if interval < 3:
@@ -204,12 +221,18 @@ class MetaControllerCallback(TrainerCallback):
                 f"`hidden_size` must be >= 1 and `meta_learning_rate` positive and finite, got {hidden_size} and "
                 f"{meta_learning_rate}."
             )
+        if not 0 <= min_update_ratio < math.inf:
+            raise ValueError(
+                f"`min_update_ratio` must be >= 0 and finite (0 never grows the multiplier beyond x1 on a falling "
+                f"loss), got {min_update_ratio}."
+            )
         self.config = {
             "interval": interval,
             "min_multiplier": min_multiplier,
             "max_multiplier": max_multiplier,
             "hidden_size": hidden_size,
             "meta_learning_rate": meta_learning_rate,
+            "min_update_ratio": min_update_ratio,
             "seed": seed,
         }
         self._hook = None
@@ -242,13 +265,14 @@ class MetaControllerCallback(TrainerCallback):
         self.history = []
         # Everything below is JSON-serialisable and checkpointed as is (see _SCALARS).
         self.multiplier = start  # folded into param_groups' lr except between on_optimizer_step and on_step_end
-        self.window = {"log_loss": [], "grad_norm": [], "hypergradient": []}
+        self.window = {"log_loss": [], "grad_norm": [], "hypergradient": [], "update_ratio": []}
         self.prev_window = {"log_loss": [], "grad_norm": []}  # the last window that had measurements
         self.scheduled_lr = scheduled_lr  # the schedule's own LR at the last decision
         self.peak_lr = peak_lr  # the schedule's peak LR, to tell where warmup stands
         self.loss_ema = None  # EMA of the per-step log loss and of its squared deviation:
         self.loss_var = 0.0  # the divergence reflex's reference level and noise scale
         self.recent_log_loss = []  # the last TREND_WINDOWS * interval per-step log losses, for the loss trend
+        self.prev_schedule_factor = None  # scheduled LR / peak LR of the last update, to scale its size to the peak
         self.last_eval = None
         self.eval_trend = 0.0
         self.cuts = 0
@@ -304,15 +328,19 @@ class MetaControllerCallback(TrainerCallback):
         if _t_statistic(w["log_loss"], self.prev_window["log_loss"]) >= SIGNIFICANCE:
             self._cut()
         elif (
-            self.multiplier < GROWTH_CAP
-            and len(self.recent_log_loss) == TREND_WINDOWS * self.config["interval"]
+            len(self.recent_log_loss) == TREND_WINDOWS * self.config["interval"]
             and _slope_t_statistic(self.recent_log_loss) <= -SIGNIFICANCE
         ):
-            self._shift(min(RAMP_FACTOR, GROWTH_CAP / self.multiplier))
+            slow = bool(w["update_ratio"]) and _mean(w["update_ratio"]) < self.config["min_update_ratio"]
+            factor = RAMP_FACTOR if slow else min(RAMP_FACTOR, GROWTH_CAP / self.multiplier)
+            if factor > 1:
+                self._shift(factor)
 
         meta_loss = math.exp(_mean(w["log_loss"])) if w["log_loss"] else None
         self.history.append([step, *features[0].tolist(), math.log(self.multiplier), meta_loss or math.nan])
         self.last_logs = {"meta_lr_multiplier": self.multiplier, "meta_hypergradient": hypergradient}
+        if w["update_ratio"]:
+            self.last_logs["meta_update_ratio"] = _mean(w["update_ratio"])
         if meta_loss is not None:
             self.last_logs["meta_loss"] = meta_loss
         self.prev_window = {key: w[key] or self.prev_window[key] for key in self.prev_window}
@@ -405,8 +433,10 @@ class MetaControllerCallback(TrainerCallback):
         self._loss_sum, self._loss_count = 0.0, 0
         grads, params = self._sample(model)
         delta = torch.zeros_like(params) if self.prev_params is None else params - self.prev_params.to(params.device)
-        stats = torch.stack([loss.to(params.device, params.dtype), grads @ delta, grads @ grads, delta @ delta])
-        loss, grad_dot_delta, grad_sq, delta_sq = _sum_over_processes(stats).tolist()
+        stats = torch.stack(
+            [loss.to(params.device, params.dtype), grads @ delta, grads @ grads, delta @ delta, params @ params]
+        )
+        loss, grad_dot_delta, grad_sq, delta_sq, params_sq = _sum_over_processes(stats).tolist()
         loss /= _world_size()
         # With fp16 loss scaling, non-finite gradients are normal: the scaler skips that step.
         if not math.isfinite(loss) or not (math.isfinite(grad_sq) or args.fp16):
@@ -428,6 +458,11 @@ class MetaControllerCallback(TrainerCallback):
         denominator = math.sqrt(grad_sq * delta_sq)
         if math.isfinite(grad_dot_delta) and math.isfinite(denominator) and denominator > 0:
             self.window["hypergradient"].append(grad_dot_delta / denominator)
+        # Relative size of the last update, scaled to the schedule's peak: what this multiplier moves per step.
+        if delta_sq > 0 and params_sq > 0 and self.prev_schedule_factor:
+            self.window["update_ratio"].append(math.sqrt(delta_sq / params_sq) / self.prev_schedule_factor)
+        scheduled_lr = float(optimizer.param_groups[0]["lr"]) / self.multiplier
+        self.prev_schedule_factor = scheduled_lr / self.peak_lr if self.peak_lr else None
 
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         # Hand the scheduler its own learning rates back before it steps.
@@ -484,6 +519,7 @@ class MetaControllerCallback(TrainerCallback):
         "loss_ema",
         "loss_var",
         "recent_log_loss",
+        "prev_schedule_factor",
         "last_eval",
         "eval_trend",
         "cuts",
