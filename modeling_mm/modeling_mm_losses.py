@@ -40,7 +40,13 @@ def gather_with_grad(tensor):
     """Concatenates `tensor` from every process along dim 0, keeping the gradient path to each process's part."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensor
-    return torch.cat(torch.distributed.nn.functional.all_gather(tensor), dim=0)
+    # torch 2.13 deprecates `torch.distributed.nn.functional.all_gather` (a FutureWarning on every step) for this
+    # functional collective, whose backward reduce-scatters each part's gradient back to its process.
+    try:
+        from torch.distributed._functional_collectives import all_gather_single_autograd
+    except ImportError:  # older torch, where the autograd all_gather is not deprecated
+        return torch.cat(torch.distributed.nn.functional.all_gather(tensor), dim=0)
+    return all_gather_single_autograd(tensor.contiguous(), 0, dist.group.WORLD)
 
 
 def gather_no_grad(tensor):

@@ -5,6 +5,7 @@ its folder once."""
 import os
 import subprocess
 import sys
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -47,6 +48,8 @@ def _loss_and_grads(model, batch):
 
 
 def _rank(rank, init_file, out_dir):
+    # A deprecated collective warns on every training step (torch 2.13 deprecates torch.distributed.nn.functional).
+    warnings.filterwarnings("error", message=r".*torch\.distributed\..* is deprecated")
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
     try:
         part = BATCH // WORLD_SIZE
@@ -104,6 +107,7 @@ def test_accelerate_launch_on_two_cpu_processes(tmp_path):
     assert result.returncode == 0, output[-6000:]
 
     assert "Training on 2 process(es)" in output
+    assert "torch.distributed.nn.functional.all_gather is deprecated" not in output  # it warned on every step
     assert "all 32 items of the global batch (16 per process x 2" in output
     # Every process evaluates, only the main one reports and writes.
     assert output.count("Wrote the model, processor and model card") == 1, output[-6000:]

@@ -17,6 +17,7 @@ from hub_server import LocalHub
 from safetensors.numpy import save_file
 
 from configuration_mm import MMConfig
+from modeling_mm import MMForConditionalGeneration, MMModel
 from training_mm.hub import SYNTHETIC_DATASET, describe_model, push_folder_to_hub, write_model_card
 
 METRICS = {"recall@1 image->text": 0.4375, "recall@1 text->image": np.float32(0.40625), "eval_loss": 1.0986}
@@ -198,14 +199,17 @@ def test_model_card_rejects_bad_input(tmp_path, overrides, error, match):
     assert not (tmp_path / "README.md").exists()
 
 
-def test_describe_model_reads_sizes_from_the_model():
-    model = torch.nn.Linear(4, 3)
-    model.config = MMConfig.from_preset("tiny")
+@pytest.mark.parametrize("model_class", [MMModel, MMForConditionalGeneration])
+def test_describe_model_lists_the_towers_the_model_has(model_class):
+    """Every MMConfig holds a decoder config, but only MMForConditionalGeneration builds a decoder."""
+    model = model_class(MMConfig.from_preset("tiny"))
     rows = describe_model(model)
-    assert rows["Parameters"] == "15"
+    assert rows["Architecture"] == model_class.__name__
+    assert rows["Parameters"] == f"{sum(p.numel() for p in model.parameters()):,}"
     for tower in ("Text tower", "Vision tower", "Audio tower"):
         assert rows[tower].startswith("layers 2, hidden 32, heads 4, MLP 64")
     assert "image px 32, patch 8" in rows["Vision tower"]
+    assert ("Decoder tower" in rows) == (model_class is MMForConditionalGeneration)
     assert rows["Embedding size"] == "32"
 
 

@@ -210,11 +210,13 @@ def test_single_clip_with_pipeline_call_style(feature_extractor):
 
 
 def test_audio_batch_equals_single(feature_extractor):
-    clips = [tone(0.5), tone(0.31, 880, 0.1), tone(0.01, 200)]
-    batch = feature_extractor(clips, sampling_rate=16000)
+    # Exactly equal, not just close: a clip's features must not depend on what else is in the batch.
+    clips = [tone(0.5), tone(0.31, 880, 0.1), tone(0.01, 200), tone(2.0, 300)]  # the last one is truncated
+    batch = feature_extractor(clips, sampling_rate=16000)["input_features"]
     for index, clip in enumerate(clips):
         single = feature_extractor(clip, sampling_rate=16000)["input_features"][0]
-        np.testing.assert_allclose(batch["input_features"][index, :, : single.shape[-1]], single, atol=1e-6)
+        np.testing.assert_array_equal(batch[index, :, : single.shape[-1]], single)
+        assert (batch[index, :, single.shape[-1] :] == feature_extractor.padding_value).all()
 
 
 def test_features_match_whisper():

@@ -24,6 +24,7 @@ import soundfile as sf
 from datasets import Audio, DatasetDict, Image, IterableDataset, IterableDatasetDict, Value
 from datasets.packaged_modules.audiofolder.audiofolder import AudioFolder
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+from datasets.utils import tqdm as hf_tqdm  # datasets' own bar: off after `datasets.disable_progress_bars()`
 from PIL import Image as PILImage
 
 
@@ -344,6 +345,7 @@ def filter_unreadable(dataset, image_column="image", audio_column="audio", capti
         )
     checked = [name for name in (image_column, audio_column, caption_column) if name in present]
     rows = _undecoded(dataset.select_columns(checked), image_column, audio_column)
+    rows = hf_tqdm(rows, total=len(dataset), desc="Checking for unreadable rows", unit=" rows")
     reasons = {index: reason for index, reason in enumerate(map(problem, rows)) if reason}
     if reasons:
         _log_skipped(len(reasons), len(dataset), [f"row {index}: {reason}" for index, reason in reasons.items()])

@@ -26,6 +26,7 @@ from numbers import Real
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants
+from transformers import PreTrainedConfig
 
 from configuration_mm.configuration_mm import MODALITIES
 
@@ -53,7 +54,8 @@ _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 def describe_model(model):
     """The card's "Model summary" rows, read from the model itself: class, parameter counts and, per tower,
-    its size. Works on any `PreTrainedModel` (towers come from `config.sub_configs`) and on a PEFT model.
+    its size. Works on any `PreTrainedModel` (a tower is each of `config.sub_configs` that the model built) and on
+    a PEFT model.
 
     Example:
     ```python
@@ -68,7 +70,7 @@ def describe_model(model):
     rows = {"Architecture": type(base).__name__, "Parameters": f"{total:,}"}
     if trainable != total:
         rows["Trainable parameters"] = f"{trainable:,}"
-    towers = [name for name in getattr(config, "sub_configs", {}) if getattr(config, name, None) is not None]
+    towers = _built_sub_configs(base, config)
     for name in towers:
         rows[f"{name.removesuffix('_config').capitalize()} tower"] = _describe_tower(getattr(config, name))
     if not towers:
@@ -76,6 +78,23 @@ def describe_model(model):
     if getattr(config, "projection_dim", None) is not None:
         rows["Embedding size"] = str(config.projection_dim)
     return rows
+
+
+def _built_sub_configs(model, config):
+    """The names of `config`'s sub-configs that some submodule of `model` was built from. A config may describe
+    more than its model builds: every `MMConfig` holds a `decoder_config`, but only `MMForConditionalGeneration`
+    has a decoder. Equality, not only identity, counts: a tower loaded on its own holds a copy of its config."""
+    parts = [module.config for module in model.modules() if module is not model and _has_config(module)]
+    parts = list({id(part): part for part in parts}.values())  # every layer of a tower shares its config
+    return [
+        name
+        for name in getattr(config, "sub_configs", {})
+        if (sub := getattr(config, name, None)) is not None and any(sub is part or sub == part for part in parts)
+    ]
+
+
+def _has_config(module):
+    return isinstance(getattr(module, "config", None), PreTrainedConfig)
 
 
 def _describe_tower(config):

@@ -32,6 +32,7 @@ import datasets
 import numpy as np
 import soundfile as sf
 from datasets import Audio, Dataset, DatasetDict, Features, Image, Value
+from datasets.utils import tqdm as hf_tqdm  # datasets' own bar: off after `datasets.disable_progress_bars()`
 from PIL import Image as PILImage
 from PIL import ImageDraw
 
@@ -288,7 +289,7 @@ def _build_split(split, size, seed, image_size, voices):
     make = partial(make_example, split=split, seed=seed, image_size=image_size, voices=voices)
     # Threads suffice: the heavy part, espeak-ng, runs in subprocesses, and numpy and PIL release the GIL.
     with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1)) as pool:
-        rows = list(pool.map(make, range(size)))
+        rows = list(hf_tqdm(pool.map(make, range(size)), total=size, desc=f"Building the built-in {split} split"))
     features = Features({"image": Image(), "caption": Value("string")})
     if voices:
         features["audio"] = Audio(decode=False)
