@@ -1,28 +1,34 @@
-"""A local stand-in for the Hugging Face Hub, so push-to-Hub paths run in tests with no network.
+"""A local stand-in for the Hugging Face Hub, so push-to-Hub and load-from-Hub paths run in tests with no network.
 
 It serves, on 127.0.0.1 and a free port, the endpoints that `huggingface_hub` 2.x (`HfApi.create_repo`,
-`upload_folder`, `create_commit`, `list_repo_files`, `hf_hub_download`, `ModelCard.load`) and transformers'
-`push_to_hub` call, and keeps every repo's commits in memory:
+`upload_folder`, `create_commit`, `list_repo_files`, `hf_hub_download`, `ModelCard.load`), transformers'
+`push_to_hub`, and `datasets`' `push_to_hub` and `load_dataset` (through `HfFileSystem`, streamed or not) call,
+and keeps every repo's commits in memory. `{type}` is `models` or `datasets`:
 
     GET  /api/whoami-v2
-    POST /api/repos/create
+    POST /api/repos/create                           (model and dataset repos)
     POST /api/validate-yaml                          (README.md metadata check before an upload)
-    GET  /api/models/{repo_id}[/revision/{rev}]      (model_info / repo_info)
-    GET  /api/models/{repo_id}/tree/{rev}[/{path}]   (list_repo_tree / list_repo_files)
-    POST /api/models/{repo_id}/paths-info/{rev}
-    POST /api/models/{repo_id}/preupload/{rev}       (answers uploadMode "regular" for every file)
-    POST /api/models/{repo_id}/commit/{rev}          (NDJSON: header, file (base64), deletedFile, deletedFolder)
-    HEAD|GET /{repo_id}/resolve/{rev}/{path}         (downloads)
+    GET  /api/{type}/{repo_id}[/revision/{rev}]      (model_info / dataset_info / repo_info: sha, siblings)
+    GET  /api/{type}/{repo_id}/tree/{rev}[/{path}]   (list_repo_tree / list_repo_files; `recursive`)
+    POST /api/{type}/{repo_id}/paths-info/{rev}
+    POST /api/{type}/{repo_id}/preupload/{rev}       (upload mode of each file: see below)
+    POST /api/{type}/{repo_id}/commit/{rev}          (NDJSON: header, file (base64), lfsFile, deleted{File,Folder})
+    POST /[datasets/]{repo_id}.git/info/lfs/objects/batch  (LFS batch API, "basic" transfer)
+    PUT  /lfs-upload/{sha256}                        (the upload href the batch answer hands out)
+    HEAD|GET /{repo_id}/resolve/{rev}/{path}         (model downloads)
+    HEAD|GET /datasets/{repo_id}/resolve/{rev}/{path}  (dataset downloads)
 
-Why "regular" for every file: the preupload answer is how the Hub picks the transfer. "lfs" would send the
-client to Xet storage (hf_xet is installed, and `upload_folder` then streams through `hf_xet`) or to an S3
-LFS batch endpoint; "regular" makes it put each file, base64, inside the commit itself, which is the one
-path a test server can receive byte for byte. Like the real Hub, a new repo starts with a `.gitattributes`.
+Upload modes: the preupload answer is how the Hub picks the transfer. "regular" makes the client put the file,
+base64, inside the commit itself; it is the answer for every file but parquet. `datasets` writes each parquet shard
+to a temporary file, pre-uploads it and deletes it before the commit, so shards must go "lfs": the client then
+asks the LFS batch endpoint where to PUT them, and the commit names them by sha256. With hf_xet installed the
+client would send LFS files to Xet storage instead, which no test server can receive; `point_clients_at` turns
+Xet off (HF_HUB_DISABLE_XET). Like the real Hub, a new repo starts with a `.gitattributes`.
 
-Only model repos and the `main` branch (or a commit id, for reads) are served. A request to anything
-else gets a 404 and is recorded in `LocalHub.unhandled`, so a test can tell a gap in this server from a bug.
+Only the `main` branch (or a commit id, for reads) is served. A request to anything else gets a 404 and is
+recorded in `LocalHub.unhandled`, so a test can tell a gap in this server from a bug.
 
-Use it through the `hub_server` fixture, which also points `huggingface_hub` and transformers at it.
+Use it through the `hub_server` fixture, which also points `huggingface_hub`, transformers and `datasets` at it.
 """
 
 import base64
@@ -45,6 +51,10 @@ DEFAULT_BRANCH = "main"
 GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
 MAX_BODY_BYTES = 256 * 1024 * 1024  # a test that sends more than this is a bug, not a model
 REQUEST_TIMEOUT_S = 30  # a stalled client cannot hold a handler thread past this
+# The repo types served, with the prefix their web URLs carry (`{endpoint}/{prefix}{repo_id}`).
+REPO_TYPES = {"model": "", "dataset": "datasets/"}
+# Files the preupload answer sends through LFS (see the module docstring); every other file goes "regular".
+LFS_SUFFIXES = (".parquet",)
 
 
 def git_blob_id(content: bytes) -> str:
@@ -85,6 +95,7 @@ class LocalHub:
         self._repos = {}
         self._lock = threading.Lock()
         self._commit_counter = itertools.count()
+        self._lfs_objects = {}  # sha256 hex -> bytes, PUT before the commit that names them
         self.requests = []
         self.unhandled = []
         self._server = None
@@ -111,25 +122,25 @@ class LocalHub:
 
     # ------------------------------------------------------------------ what tests read
 
-    def repo_ids(self):
+    def repo_ids(self, repo_type="model"):
         with self._lock:
-            return sorted(self._repos)
+            return sorted(repo_id for kind, repo_id in self._repos if kind == repo_type)
 
-    def files(self, repo_id, revision=DEFAULT_BRANCH):
+    def files(self, repo_id, revision=DEFAULT_BRANCH, repo_type="model"):
         """`{path: bytes}` of every file in the repo at `revision` (`.gitattributes` included)."""
         with self._lock:
-            _, files = self._snapshot(repo_id, revision)
+            _, files = self._snapshot(repo_type, repo_id, revision)
             return dict(files)
 
-    def commits(self, repo_id):
+    def commits(self, repo_id, repo_type="model"):
         """Commit ids of the repo, oldest first (the first is the repo's creation)."""
         with self._lock:
-            return [oid for oid, _ in self._get_repo(repo_id).commits]
+            return [oid for oid, _ in self._get_repo(repo_type, repo_id).commits]
 
-    def rebuild(self, repo_id, dest_dir, revision=DEFAULT_BRANCH):
+    def rebuild(self, repo_id, dest_dir, revision=DEFAULT_BRANCH, repo_type="model"):
         """Writes the repo's files at `revision` into `dest_dir` (e.g. to `from_pretrained` it); returns the path."""
         dest_dir = Path(dest_dir)
-        for path, content in self.files(repo_id, revision).items():
+        for path, content in self.files(repo_id, revision, repo_type).items():
             target = dest_dir / path
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content)
@@ -137,13 +148,13 @@ class LocalHub:
 
     # ------------------------------------------------------------------ repo state (callers hold the lock)
 
-    def _get_repo(self, repo_id):
-        if repo_id not in self._repos:
+    def _get_repo(self, repo_type, repo_id):
+        if (repo_type, repo_id) not in self._repos:
             raise HubError(404, f"Repository {repo_id} not found", "RepoNotFound")
-        return self._repos[repo_id]
+        return self._repos[repo_type, repo_id]
 
-    def _snapshot(self, repo_id, revision):
-        repo = self._get_repo(repo_id)
+    def _snapshot(self, repo_type, repo_id, revision):
+        repo = self._get_repo(repo_type, repo_id)
         if revision == DEFAULT_BRANCH:
             return repo.head
         for oid, files in repo.commits:
@@ -167,23 +178,27 @@ class LocalHub:
 
     def create_repo(self, request):
         payload = request.json()
-        if payload.get("type", "model") != "model":
-            raise HubError(400, f"This test Hub serves model repos only, not {payload.get('type')!r}.")
+        repo_type = payload.get("type", "model")
+        if repo_type not in REPO_TYPES:
+            raise HubError(400, f"This test Hub serves {' and '.join(REPO_TYPES)} repos only, not {repo_type!r}.")
         repo_id = f"{payload.get('organization') or USER}/{payload['name']}"
+        url = f"{self.url}/{REPO_TYPES[repo_type]}{repo_id}"
         with self._lock:
-            if repo_id in self._repos:
-                return 409, {"error": "You already created this model repo", "url": f"{self.url}/{repo_id}"}
+            if (repo_type, repo_id) in self._repos:
+                return 409, {"error": f"You already created this {repo_type} repo", "url": url}
             repo = _Repo(private=payload.get("visibility") == "private")
             repo.commits.append((self._new_commit_id(repo_id), {".gitattributes": GITATTRIBUTES}))
-            self._repos[repo_id] = repo
-        return 200, {"url": f"{self.url}/{repo_id}", "name": repo_id, "id": repo_id}
+            self._repos[repo_type, repo_id] = repo
+        return 200, {"url": url, "name": repo_id, "id": repo_id}
 
     def validate_yaml(self, request):
         # The Hub checks a README.md's metadata before accepting an upload; parsing it into ModelCardData
         # is the same check for what matters here (valid YAML, a parseable model-index).
-        from huggingface_hub import ModelCardData
+        from huggingface_hub import DatasetCardData, ModelCardData
 
-        content = request.json()["content"]
+        payload = request.json()
+        content = payload["content"]
+        card_data = DatasetCardData if payload.get("repoType") == "dataset" else ModelCardData
         match = re.match(r"^---\s*\n(.*?)\n---\s*\n", content, re.DOTALL)
         if match is None:
             return 200, {"errors": [], "warnings": [{"message": "Empty or missing yaml metadata in repo card"}]}
@@ -191,15 +206,15 @@ class LocalHub:
             metadata = yaml.safe_load(match.group(1)) or {}
             if not isinstance(metadata, dict):
                 raise ValueError(f"metadata must be a mapping, got {type(metadata).__name__}")
-            ModelCardData(**metadata)
+            card_data(**metadata)
         except Exception as error:  # anything the parse rejects is the client's error
             return 400, {"errors": [{"message": str(error)}]}
         return 200, {"errors": [], "warnings": []}
 
-    def model_info(self, request, repo_id, revision=DEFAULT_BRANCH):
+    def repo_info(self, request, repo_type, repo_id, revision=DEFAULT_BRANCH):
         with self._lock:
-            repo = self._get_repo(repo_id)
-            oid, files = self._snapshot(repo_id, revision)
+            repo = self._get_repo(repo_type, repo_id)
+            oid, files = self._snapshot(repo_type, repo_id, revision)
             return 200, {
                 "id": repo_id,
                 "author": repo_id.split("/")[0],
@@ -209,11 +224,11 @@ class LocalHub:
                 "siblings": [{"rfilename": path} for path in sorted(files)],
             }
 
-    def tree(self, request, repo_id, revision, path=""):
+    def tree(self, request, repo_type, repo_id, revision, path=""):
         recursive = request.query.get("recursive", ["false"])[0].lower() in ("true", "1")
         prefix = f"{path.strip('/')}/" if path.strip("/") else ""
         with self._lock:
-            _, files = self._snapshot(repo_id, revision)
+            _, files = self._snapshot(repo_type, repo_id, revision)
         below = {p: content for p, content in files.items() if p.startswith(prefix)}
         if prefix and not below:
             raise HubError(404, f"{path} does not exist on {revision}", "EntryNotFound")
@@ -230,10 +245,10 @@ class LocalHub:
         entries += [_folder_entry(folder) for folder in sorted(folders)]
         return 200, entries
 
-    def paths_info(self, request, repo_id, revision):
+    def paths_info(self, request, repo_type, repo_id, revision):
         paths = request.form().get("paths", [])
         with self._lock:
-            _, files = self._snapshot(repo_id, revision)
+            _, files = self._snapshot(repo_type, repo_id, revision)
         entries = []
         for path in paths:
             path = path.strip("/")
@@ -243,19 +258,20 @@ class LocalHub:
                 entries.append(_folder_entry(path))
         return 200, entries
 
-    def preupload(self, request, repo_id, revision):
+    def preupload(self, request, repo_type, repo_id, revision):
         _refuse_pull_requests(request)
         with self._lock:
-            _, files = self._snapshot(repo_id, revision)
+            _, files = self._snapshot(repo_type, repo_id, revision)
         answer = []
         for item in request.json()["files"]:
             # `oid` lets the client skip files whose content the repo already has, as on the Hub.
             remote = files.get(item["path"])
             oid = git_blob_id(remote) if remote is not None else None
-            answer.append({"path": item["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": oid})
+            mode = "lfs" if item["path"].endswith(LFS_SUFFIXES) else "regular"
+            answer.append({"path": item["path"], "uploadMode": mode, "shouldIgnore": False, "oid": oid})
         return 200, {"files": answer, "commitOid": None}
 
-    def commit(self, request, repo_id, revision):
+    def commit(self, request, repo_type, repo_id, revision):
         _refuse_pull_requests(request)
         if revision != DEFAULT_BRANCH:
             message = f"This test Hub commits to '{DEFAULT_BRANCH}' only, not {revision!r}."
@@ -267,22 +283,44 @@ class LocalHub:
         if not header.get("summary"):
             raise HubError(400, "The commit has no summary (commit message).")
         with self._lock:
-            repo = self._get_repo(repo_id)
+            repo = self._get_repo(repo_type, repo_id)
             head_oid, head_files = repo.head
             parent = header.get("parentCommit")
             if parent is not None and not head_oid.startswith(parent):
                 raise HubError(412, f"Parent commit {parent} is not the head of {revision} ({head_oid}).")
             files = dict(head_files)
             for line in lines[1:]:
-                _apply_operation(files, line["key"], line["value"])
+                _apply_operation(files, line["key"], line["value"], self._lfs_objects)
             oid = self._new_commit_id(repo_id)
             repo.commits.append((oid, files))
-        commit_url = f"{self.url}/{repo_id}/commit/{oid}"
+        commit_url = f"{self.url}/{REPO_TYPES[repo_type]}{repo_id}/commit/{oid}"
         return 200, {"success": True, "commitOid": oid, "commitUrl": commit_url, "hookOutput": ""}
 
-    def resolve(self, request, repo_id, revision, path):
+    def lfs_batch(self, request, repo_type, repo_id):
+        payload = request.json()
+        if payload.get("operation") != "upload" or "basic" not in payload.get("transfers", ["basic"]):
+            raise HubError(400, "This test Hub takes LFS uploads only, through the 'basic' transfer.")
         with self._lock:
-            oid, files = self._snapshot(repo_id, revision)
+            self._get_repo(repo_type, repo_id)
+            stored = set(self._lfs_objects)
+        objects = []
+        for item in payload["objects"]:
+            answer = {"oid": item["oid"], "size": item["size"]}
+            if item["oid"] not in stored:  # no "actions": the client skips content the Hub already has
+                answer["actions"] = {"upload": {"href": f"{self.url}/lfs-upload/{item['oid']}"}}
+            objects.append(answer)
+        return 200, {"transfer": "basic", "objects": objects}
+
+    def lfs_upload(self, request, oid):
+        if hashlib.sha256(request.body).hexdigest() != oid:
+            raise HubError(400, f"The uploaded bytes do not hash to the sha256 {oid}.")
+        with self._lock:
+            self._lfs_objects[oid] = request.body
+        return 200, {}
+
+    def resolve(self, request, repo_type, repo_id, revision, path):
+        with self._lock:
+            oid, files = self._snapshot(repo_type, repo_id, revision)
         if path not in files:
             raise HubError(404, f"Entry not found: {path}", "EntryNotFound")
         content = files[path]
@@ -303,7 +341,7 @@ def _refuse_pull_requests(request):
         raise HubError(400, "This test Hub does not open pull requests (create_pr).")
 
 
-def _apply_operation(files, key, value):
+def _apply_operation(files, key, value, lfs_objects):
     path = value.get("path", "").strip("/")
     if key == "file":
         if value.get("encoding") != "base64":
@@ -320,26 +358,34 @@ def _apply_operation(files, key, value):
         for p in doomed:
             del files[p]
     elif key == "lfsFile":
-        # Only reachable if a client ignores the preupload answer: its bytes went elsewhere.
-        raise HubError(400, f"{path}: LFS/Xet uploads are not served here; preupload answered 'regular'.")
+        if value.get("algo") != "sha256" or value.get("oid") not in lfs_objects:
+            raise HubError(400, f"{path}: no LFS object {value.get('oid')!r} was uploaded before this commit.")
+        files[path] = lfs_objects[value["oid"]]
     else:
         raise HubError(400, f"Unsupported commit operation {key!r}.")
 
 
-_REPO = r"(?P<repo_id>[^/]+/[^/]+)"
+# `/api/models/...` and `/api/datasets/...` share their routes; the dispatcher turns the plural into a repo type.
+_API = r"^/api/(?P<repo_type>models|datasets)/(?P<repo_id>[^/]+/[^/]+)"
+# Git-side URLs (downloads, LFS) name models `/{repo_id}` and datasets `/datasets/{repo_id}`.
+_GIT = r"^/(?P<repo_type>datasets/)?(?P<repo_id>[^/]+/[^/]+)"
+_RESOLVE = rf"{_GIT}/resolve/(?P<revision>[^/]+)/(?P<path>.+)$"
 _ROUTES = [
     ("GET", re.compile(r"^/api/whoami-v2$"), "whoami"),
     ("POST", re.compile(r"^/api/repos/create$"), "create_repo"),
     ("POST", re.compile(r"^/api/validate-yaml$"), "validate_yaml"),
-    ("GET", re.compile(rf"^/api/models/{_REPO}$"), "model_info"),
-    ("GET", re.compile(rf"^/api/models/{_REPO}/revision/(?P<revision>[^/]+)$"), "model_info"),
-    ("GET", re.compile(rf"^/api/models/{_REPO}/tree/(?P<revision>[^/]+)(?:/(?P<path>.+))?$"), "tree"),
-    ("POST", re.compile(rf"^/api/models/{_REPO}/paths-info/(?P<revision>[^/]+)$"), "paths_info"),
-    ("POST", re.compile(rf"^/api/models/{_REPO}/preupload/(?P<revision>[^/]+)$"), "preupload"),
-    ("POST", re.compile(rf"^/api/models/{_REPO}/commit/(?P<revision>[^/]+)$"), "commit"),
-    ("GET", re.compile(rf"^/{_REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)$"), "resolve"),
-    ("HEAD", re.compile(rf"^/{_REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)$"), "resolve"),
+    ("GET", re.compile(rf"{_API}$"), "repo_info"),
+    ("GET", re.compile(rf"{_API}/revision/(?P<revision>[^/]+)$"), "repo_info"),
+    ("GET", re.compile(rf"{_API}/tree/(?P<revision>[^/]+)(?:/(?P<path>.+))?$"), "tree"),
+    ("POST", re.compile(rf"{_API}/paths-info/(?P<revision>[^/]+)$"), "paths_info"),
+    ("POST", re.compile(rf"{_API}/preupload/(?P<revision>[^/]+)$"), "preupload"),
+    ("POST", re.compile(rf"{_API}/commit/(?P<revision>[^/]+)$"), "commit"),
+    ("POST", re.compile(rf"{_GIT}\.git/info/lfs/objects/batch$"), "lfs_batch"),
+    ("PUT", re.compile(r"^/lfs-upload/(?P<oid>[0-9a-f]{64})$"), "lfs_upload"),
+    ("GET", re.compile(_RESOLVE), "resolve"),
+    ("HEAD", re.compile(_RESOLVE), "resolve"),
 ]
+_REPO_TYPE_IN_URL = {None: "model", "models": "model", "datasets": "dataset", "datasets/": "dataset"}
 
 
 class _Request:
@@ -384,6 +430,8 @@ class _Handler(BaseHTTPRequestHandler):
                 match = pattern.match(url.path) if route_method == method else None
                 if match:
                     kwargs = {key: unquote(value) for key, value in match.groupdict().items() if value is not None}
+                    if "repo_type" in match.groupdict():
+                        kwargs["repo_type"] = _REPO_TYPE_IN_URL[match.group("repo_type")]
                     result = getattr(hub, name)(_Request(parse_qs(url.query), body), **kwargs)
                     break
             else:
@@ -431,7 +479,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def point_clients_at(url, monkeypatch, cache_dir):
-    """Makes `huggingface_hub` and transformers talk to `url`, for this test only (via `monkeypatch`).
+    """Makes `huggingface_hub`, transformers and `datasets` talk to `url`, for this test only (via `monkeypatch`).
 
     `huggingface_hub` reads HF_ENDPOINT once, at import, into `constants.ENDPOINT` and the download URL
     template, and its module-level `HfApi` (behind `huggingface_hub.upload_folder` & co.) and transformers'
@@ -439,7 +487,7 @@ def point_clients_at(url, monkeypatch, cache_dir):
     in a test process. It is still set, for subprocesses a test starts.
     """
     import huggingface_hub.hf_api as hf_api_module
-    from huggingface_hub import constants
+    from huggingface_hub import HfFileSystem, constants
 
     for name, value in {
         "HF_ENDPOINT": url,
@@ -447,6 +495,7 @@ def point_clients_at(url, monkeypatch, cache_dir):
         "HF_HUB_CACHE": str(cache_dir),
         "HF_TOKEN": "hf_mm_local_test_token",  # never send a developer's real token, even to 127.0.0.1
         "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_XET": "1",
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(constants, "ENDPOINT", url)
@@ -454,7 +503,12 @@ def point_clients_at(url, monkeypatch, cache_dir):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache_dir))
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    # LFS uploads (parquet shards) through the basic transfer this server takes, not through Xet storage.
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(hf_api_module.api, "endpoint", url)
+    # fsspec reuses an `HfFileSystem` (and its listings) per endpoint; a later server may get a used port.
+    HfFileSystem.clear_instance_cache()
+    _point_datasets_at(url, monkeypatch, Path(cache_dir).parent / "hf_datasets_cache")
     try:
         import transformers.utils.hub as transformers_hub
     except ImportError:
@@ -463,12 +517,30 @@ def point_clients_at(url, monkeypatch, cache_dir):
     monkeypatch.setattr(transformers_hub, "_hf_api", None)
 
 
+def _point_datasets_at(url, monkeypatch, cache_dir):
+    """`datasets` copies the endpoint, offline flag and cache folders into `datasets.config` at import, and
+    passes `config.HF_ENDPOINT` to every `HfApi`/`HfFileSystem` it builds; patch those copies too."""
+    try:
+        from datasets import config
+    except ImportError:
+        return
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache_dir))
+    monkeypatch.setattr(config, "HF_ENDPOINT", url)
+    monkeypatch.setattr(config, "HUB_DATASETS_URL", url + "/datasets/{repo_id}/resolve/{revision}/{path}")
+    monkeypatch.setattr(config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(config, "HF_DATASETS_OFFLINE", False)
+    monkeypatch.setattr(config, "HF_DATASETS_CACHE", cache_dir)
+    downloads = cache_dir / config.DOWNLOADED_DATASETS_DIR
+    monkeypatch.setattr(config, "DOWNLOADED_DATASETS_PATH", downloads)
+    monkeypatch.setattr(config, "EXTRACTED_DATASETS_PATH", downloads / config.EXTRACTED_DATASETS_DIR)
+
+
 @pytest.fixture
 def hub_server(monkeypatch, tmp_path):
-    """A `LocalHub` serving for this test, with `huggingface_hub` and transformers pointed at it.
+    """A `LocalHub` serving for this test, with `huggingface_hub`, transformers and `datasets` pointed at it.
 
     Yields the hub: `.url`, `.files(repo_id) -> {path: bytes}`, `.rebuild(repo_id, dest_dir)`,
-    `.commits(repo_id)`, `.requests`, `.unhandled`.
+    `.commits(repo_id)`, `.requests`, `.unhandled`; pass `repo_type="dataset"` for a dataset repo.
     """
     hub = LocalHub().start()
     try:
