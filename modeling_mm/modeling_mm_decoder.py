@@ -1,15 +1,20 @@
 """The caption decoder: a causal transformer that writes text while cross-attending to the image and/or audio tower.
 
 Each layer is pre-norm self-attention (causal, rotary positions, KV cache through transformers' `Cache` API), then
-cross-attention to the encoder states (BLIP's text decoder, Li et al. 2022; Whisper's decoder), then the MLP. Only the
-self-attention keys/values go into the `Cache`, so `DynamicCache`, `StaticCache` and `torch.compile` work unchanged.
+cross-attention to the encoder states (BLIP's text decoder, Li et al. 2022; Whisper's decoder), then the MLP.
+
+With encoder states, the cache is an `EncoderDecoderCache`, as in Whisper and BART: its `self_attention_cache` grows
+with the text; its `cross_attention_cache` holds each layer's keys/values of the (fixed) encoder states, computed at the
+first step and reused after (`is_updated[layer_idx]`). Both halves can be `DynamicCache`s or `StaticCache`s (for
+`torch.compile`). A plain `Cache` still works: it holds the self-attention keys/values, and the cross-attention
+keys/values are then recomputed at every step.
 """
 
 from collections.abc import Callable
 
 import torch
 from torch import nn
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
@@ -57,6 +62,26 @@ def apply_rotary_pos_emb(query, key, cos, sin):
     return query * cos + rotate_half(query) * sin, key * cos + rotate_half(key) * sin
 
 
+def attend(module, query, key, value, attention_mask, **kwargs):
+    """`module`'s attention back-end on (B, heads, T, head_dim) queries and (B, heads, S, head_dim) keys/values, then
+    its `out_proj`: the part the decoder's self- and cross-attention share."""
+    attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+        module.config._attn_implementation, eager_attention_forward
+    )
+    attn_output, attn_weights = attention_interface(
+        module,
+        query,
+        key,
+        value,
+        attention_mask,
+        scaling=module.scaling,
+        dropout=module.dropout if module.training else 0.0,
+        **kwargs,
+    )
+    attn_output = module.out_proj(attn_output.flatten(2).contiguous())  # (B, T, hidden)
+    return attn_output, attn_weights
+
+
 class MMDecoderSelfAttention(MMAttention):
     """Causal self-attention with rotary positions; past keys/values live in `past_key_values` under `layer_idx`."""
 
@@ -70,24 +95,36 @@ class MMDecoderSelfAttention(MMAttention):
         value = self.v_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
         # (B, heads, T, head_dim)
         query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+        if isinstance(past_key_values, EncoderDecoderCache):
+            past_key_values = past_key_values.self_attention_cache
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx)  # (B, heads, past + T, head_dim)
+        return attend(self, query, key, value, attention_mask, **kwargs)
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        attn_output, attn_weights = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            scaling=self.scaling,
-            dropout=self.dropout if self.training else 0.0,
-            **kwargs,
-        )
-        attn_output = self.out_proj(attn_output.reshape(*input_shape, -1).contiguous())
-        return attn_output, attn_weights
+
+class MMDecoderCrossAttention(MMAttention):
+    """Attention from the text to the encoder states. With an `EncoderDecoderCache`, their keys/values are projected
+    once, at the first step, into its `cross_attention_cache`, and read from there at every later step."""
+
+    def __init__(self, config, layer_idx):
+        super().__init__(config, layer_idx=layer_idx)
+
+    def forward(self, hidden_states, encoder_hidden_states, attention_mask=None, past_key_values=None, **kwargs):
+        input_shape = hidden_states.shape[:-1]
+        query = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)  # (B, heads, T, hd)
+        if not isinstance(past_key_values, EncoderDecoderCache):
+            past_key_values = None
+        if past_key_values is not None and past_key_values.is_updated.get(self.layer_idx):
+            cached = past_key_values.cross_attention_cache.layers[self.layer_idx]
+            key, value = cached.keys, cached.values  # (B, heads, N, head_dim)
+        else:
+            kv_shape = (*encoder_hidden_states.shape[:-1], -1, self.head_dim)
+            key = self.k_proj(encoder_hidden_states).view(kv_shape).transpose(1, 2)
+            value = self.v_proj(encoder_hidden_states).view(kv_shape).transpose(1, 2)  # (B, heads, N, head_dim)
+            if past_key_values is not None:
+                key, value = past_key_values.cross_attention_cache.update(key, value, self.layer_idx)
+                past_key_values.is_updated[self.layer_idx] = True
+        return attend(self, query, key, value, attention_mask, **kwargs)
 
 
 class MMDecoderLayer(GradientCheckpointingLayer):
@@ -98,7 +135,7 @@ class MMDecoderLayer(GradientCheckpointingLayer):
         self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.self_attn = MMDecoderSelfAttention(config, layer_idx)
         self.encoder_attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.encoder_attn = MMAttention(config, layer_idx=layer_idx)
+        self.encoder_attn = MMDecoderCrossAttention(config, layer_idx)
         self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = MMMLP(config)
         self.dropout = nn.Dropout(config.hidden_dropout)
@@ -121,8 +158,9 @@ class MMDecoderLayer(GradientCheckpointingLayer):
         if encoder_hidden_states is not None:  # without media the decoder is a plain language model
             attn_output, cross_weights = self.encoder_attn(
                 self.encoder_attn_layer_norm(hidden_states),
+                encoder_hidden_states,
                 encoder_attention_mask,
-                key_value_states=encoder_hidden_states,
+                past_key_values,
                 **kwargs,
             )
             hidden_states = hidden_states + self.dropout(attn_output)
@@ -199,6 +237,8 @@ class MMTextDecoder(MMPreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
         if not use_cache:
             past_key_values = None
+        elif past_key_values is None and encoder_hidden_states is not None:
+            past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
         elif past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         if position_ids is None:

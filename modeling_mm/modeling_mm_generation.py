@@ -4,26 +4,27 @@ prompted generation), on the same towers as `MMModel`, so one checkpoint holds b
 Design: cross-attention, not a prefix. The image/audio tower states are projected to the decoder's width and every
 decoder layer cross-attends to them (BLIP's captioning decoder, Li et al. 2022; Whisper). The decoder itself stays a
 plain decoder-only language model for `GenerationMixin`:
-- its `Cache` holds only self-attention keys/values, so the cache's length is the text's length. `generate` sizes a
-  `StaticCache` from the prompt and `max_new_tokens` alone, and `torch.compile` sees one fixed-shape step. A prefix
-  would put a variable number of media tokens (audio length varies) into the cache, positions and masks, which
-  `generate` does not count when it sizes a static cache;
+- its self-attention cache's length is the text's length. `generate` sizes a `StaticCache` from the prompt and
+  `max_new_tokens` alone, and `torch.compile` sees one fixed-shape step. A prefix would put a variable number of media
+  tokens (audio length varies) into the cache, positions and masks, which `generate` does not count when it sizes a
+  static cache;
 - a padded prompt batch only pads the text (left, as any decoder-only model), and the audio padding is one
   cross-attention mask, so a padded batch decodes exactly as its rows alone;
 - the media are encoded once per `generate` call (`get_encoder_hidden_states`) and handed to every step as model
   kwargs, which `generate` already expands for beam search and sampling.
-The price: each decoding step recomputes the cross-attention keys/values of the (fixed) encoder states, 2·N·D²
-multiply-adds per layer for N media positions. For the base preset's 196 patches that is several times the decoder's
-own per-token work, though far below the towers' one-time cost; caching them would need the cross-attention cache
-that `generate` builds only for encoder-decoder models, which would not fit the image-text-to-text pipeline (it
-passes the prompt as `input_ids`).
+The cross-attention keys/values of the (fixed) encoder states, 2·N·D² multiply-adds per layer for N media positions
+(for the base preset's 196 patches, several times the decoder's own per-token work), are computed once per `generate`
+call too: `generate` builds only a self-attention cache for a model that is not `is_encoder_decoder`, so
+`_prepare_cache_for_generation` pairs it with a cross-attention cache in an `EncoderDecoderCache`, as `generate` does
+for encoder-decoder models (Whisper, BART). Being `is_encoder_decoder` instead would make `generate` take the prompt as
+`decoder_input_ids`, which the image-text-to-text pipeline (it passes `input_ids`) does not.
 """
 
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache, StaticCache
 from transformers.generation import GenerationMixin
 from transformers.utils import ModelOutput
 
@@ -39,7 +40,8 @@ class MMGenerationOutput(ModelOutput):
     Attributes:
         loss: `caption_loss_weight * caption_loss + contrastive_loss_weight * contrastive_loss` (with `labels`).
         logits: (B, T, vocab_size) next-token scores.
-        past_key_values: the self-attention `Cache` (with `use_cache=True`).
+        past_key_values: the decoder's cache (with `use_cache=True`): an `EncoderDecoderCache` when it attended to
+            media, else the self-attention `Cache`.
         caption_loss: mean cross-entropy of the next token over the labelled positions.
         contrastive_loss: `MMModel`'s loss on the same batch, when `config.contrastive_loss_weight > 0`.
         hidden_states, attentions, cross_attentions: the decoder's, on request.
@@ -293,6 +295,28 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
             encoder_attention_mask=encoder_attention_mask,
             **kwargs,
         )
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        """`GenerationMixin`'s self-attention cache, paired with a cross-attention cache of the same kind (a
+        `StaticCache` as long as the encoder states, for `cache_implementation="static"`) so each layer projects the
+        encoder states to keys/values once per `generate` call. A cache the caller passed in is left as it is: the
+        keys/values are then recomputed at every step."""
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        cache = model_kwargs.get("past_key_values")
+        encoder_hidden_states = model_kwargs.get("encoder_hidden_states")
+        if (
+            cache is None
+            or encoder_hidden_states is None
+            or isinstance(cache, EncoderDecoderCache)
+            or getattr(cache, "_is_user_defined", False)
+        ):
+            return
+        config = self.config.get_text_config(decoder=True)
+        if isinstance(cache, StaticCache):
+            cross_cache = StaticCache(config=config, max_cache_len=encoder_hidden_states.shape[1])
+        else:
+            cross_cache = DynamicCache(config=config)
+        model_kwargs["past_key_values"] = EncoderDecoderCache(cache, cross_cache)
 
     def _as_prompt(self, input_ids, attention_mask, batch_size):
         """Makes the processor's encoding of a prompt, `<s> prompt </s>` padded on the right, into what a decoder-only

@@ -7,7 +7,7 @@ split graph, no CUDA graph), and `fullgraph=True` users would get an error inste
 
 import pytest
 import torch
-from transformers import StaticCache
+from transformers import EncoderDecoderCache, StaticCache
 
 from configuration_mm import MMConfig
 from modeling_mm import MMForConditionalGeneration, MMModel
@@ -69,12 +69,17 @@ def test_captioning_forward_with_padded_audio_has_no_graph_breaks():
 
 
 def test_static_cache_decoding_step_has_no_graph_breaks():
-    """The step `generate(cache_implementation="static")` compiles: one new token per row against a StaticCache."""
+    """The step `generate(cache_implementation="static")` compiles: one new token per row against the cache generate
+    builds, static self-attention keys/values plus the cross-attention keys/values projected once per call."""
     model = tiny_captioner().eval()
     batch = tiny_batch()
     with torch.no_grad():
         encoder_hidden_states, _ = model.get_encoder_hidden_states(pixel_values=batch["pixel_values"])
-        cache = StaticCache(config=model.config.get_text_config(), max_cache_len=16)
+        config = model.config.get_text_config()
+        cache = EncoderDecoderCache(
+            StaticCache(config=config, max_cache_len=16),
+            StaticCache(config=config, max_cache_len=encoder_hidden_states.shape[1]),
+        )
         bos = torch.ones(4, 1, dtype=torch.long)
         model(input_ids=bos, encoder_hidden_states=encoder_hidden_states, past_key_values=cache, use_cache=True)
         step = dict(

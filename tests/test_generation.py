@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import CompileConfig
+from transformers import CompileConfig, EncoderDecoderCache
 
 from configuration_mm import MMConfig
 import training_mm.caption_metrics
@@ -165,6 +165,49 @@ def test_static_cache_and_torch_compile_give_the_greedy_tokens():
     torch._dynamo.reset()
     compiled = model.generate(**inputs, **GREEDY, cache_implementation="static", compile_config=compile_config)
     assert torch.equal(dynamic, compiled)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"num_beams": 3}, {"do_sample": True}, {"cache_implementation": "static"}],
+    ids=["greedy", "beams", "sampling", "static"],
+)
+def test_encoder_keys_and_values_are_projected_once_per_generate_call(options):
+    """The cross-attention keys/values of the media are cached (an `EncoderDecoderCache`), not recomputed per token."""
+    model, _, image_batch, audio_batch, _, _ = trained_captioner()
+    inputs = dict(**media(image_batch, slice(0, 2)), **media(audio_batch, slice(0, 2)))
+    calls = []
+    attention = model.decoder.layers[-1].encoder_attn
+    hooks = [
+        projection.register_forward_hook(lambda module, *_: calls.append(module))
+        for projection in (attention.k_proj, attention.v_proj)
+    ]
+    try:
+        generated = model.generate(**inputs, max_new_tokens=10, min_new_tokens=10, **options)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert generated.shape[1] == 11  # <s> and 10 new tokens: 10 decoding steps
+    assert calls == [attention.k_proj, attention.v_proj]
+
+
+def test_forward_returns_a_cache_that_continues_decoding():
+    """Outside `generate`: a forward with `use_cache=True` returns an `EncoderDecoderCache`; fed back with one more
+    token, it gives that token the logits it gets in the whole text without a cache."""
+    model, _, image_batch, _, _, _ = trained_captioner()
+    ids, pixel_values = image_batch["input_ids"][:2, :6], image_batch["pixel_values"][:2]
+    with torch.no_grad():
+        encoder_hidden_states, _ = model.get_encoder_hidden_states(pixel_values=pixel_values)
+        full = model(input_ids=ids, encoder_hidden_states=encoder_hidden_states).logits
+        prefix = model(input_ids=ids[:, :-1], encoder_hidden_states=encoder_hidden_states, use_cache=True)
+        assert isinstance(prefix.past_key_values, EncoderDecoderCache)
+        step = model(
+            input_ids=ids[:, -1:],
+            encoder_hidden_states=encoder_hidden_states,
+            past_key_values=prefix.past_key_values,
+            use_cache=True,
+        )
+    torch.testing.assert_close(step.logits[:, -1], full[:, -1], atol=1e-4, rtol=1e-4)
 
 
 def test_coca_weight_adds_the_contrastive_loss_on_the_same_batch():
