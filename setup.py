@@ -31,7 +31,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["configuration_mm", "modeling_mm", "processing_mm", "training_mm"],
+    # The model card template, for training_mm.hub.write_model_card outside a checkout.
+    data_files=[("share/mm", ["model_card.md"])],
     install_requires=install_requires,
-    extras_require={"dev": ["pytest>=8", "pytest-timeout"]},
+    # setuptools: tests build a wheel (without build isolation) to check what a regular install ships.
+    extras_require={"dev": ["pytest>=8", "pytest-timeout", "setuptools>=70.1"]},
     license="Apache-2.0",
 )

@@ -4,7 +4,12 @@ Uploads go to the local Hub of `hub_server.py` (127.0.0.1), through the same `hu
 push makes; transformers' own `push_to_hub` is checked against it too, since mm models push that way.
 """
 
+import shutil
 import socket
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +23,7 @@ from safetensors.numpy import save_file
 
 from configuration_mm import MMConfig
 from modeling_mm import MMForConditionalGeneration, MMModel
+import training_mm.hub as hub_module
 from training_mm.hub import SYNTHETIC_DATASET, describe_model, push_folder_to_hub, write_model_card
 
 METRICS = {"recall@1 image->text": 0.4375, "recall@1 text->image": np.float32(0.40625), "eval_loss": 1.0986}
@@ -190,7 +196,7 @@ def test_adapter_card_names_its_base_model_and_peft(tmp_path):
         (dict(metrics={"recall@1": float("nan")}), ValueError, "recall@1"),
         (dict(metrics={"recall@1": "high"}), ValueError, "recall@1"),
         (dict(modalities=("text", "video")), ValueError, "video"),
-        (dict(template_path="missing_template.md"), FileNotFoundError, "pip install -e"),
+        (dict(template_path="missing_template.md"), FileNotFoundError, "reinstall the package"),
     ],
 )
 def test_model_card_rejects_bad_input(tmp_path, overrides, error, match):
@@ -220,3 +226,26 @@ def test_local_hub_stops_listening_when_stopped():
     hub.stop()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_a_regular_install_ships_the_card_template(tmp_path):
+    """Outside a checkout (a wheel install), write_model_card finds model_card.md in <prefix>/share/mm/."""
+    repo = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"  # a copy, so that the build leaves nothing in the checkout
+    source.mkdir()
+    for name in ("setup.py", "README.md", "model_card.md"):
+        shutil.copy(repo / name, source)
+    for package in ("configuration_mm", "modeling_mm", "processing_mm", "training_mm"):
+        shutil.copytree(repo / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
+        cwd=source,
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("mm-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = [name for name in archive.namelist() if name.endswith("/data/share/mm/model_card.md")]
+        assert len(shipped) == 1
+        assert archive.read(shipped[0]) == (repo / "model_card.md").read_bytes()
+    assert Path(sys.prefix, "share", "mm", "model_card.md") in hub_module._TEMPLATE_CANDIDATES

@@ -21,6 +21,7 @@ Example:
 import logging
 import math
 import re
+import sys
 from importlib import metadata
 from numbers import Real
 from pathlib import Path
@@ -32,8 +33,13 @@ from configuration_mm.configuration_mm import MODALITIES
 
 logger = logging.getLogger(__name__)
 
-# When installed with `pip install -e .`, the repository root is the parent of this package.
-DEFAULT_TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_card.md"
+# The repository's `model_card.md`: next to this package in a checkout (`pip install -e .`), and in
+# `<prefix>/share/mm/` after a regular install (setup.py ships it as a data file).
+_TEMPLATE_CANDIDATES = (
+    Path(__file__).resolve().parent.parent / "model_card.md",
+    Path(sys.prefix) / "share" / "mm" / "model_card.md",
+)
+DEFAULT_TEMPLATE_PATH = next((path for path in _TEMPLATE_CANDIDATES if path.is_file()), _TEMPLATE_CANDIDATES[0])
 # `dataset_type` of the package's built-in synthetic data: the card then says so, and lists no Hub dataset.
 SYNTHETIC_DATASET = "synthetic"
 # Tower attributes worth a line in the card, in reading order (those a config lacks are skipped).
@@ -153,8 +159,9 @@ def write_model_card(
     template_path = Path(template_path) if template_path is not None else DEFAULT_TEMPLATE_PATH
     if not template_path.is_file():
         raise FileNotFoundError(
-            f"Model card template not found at {template_path}. It is `model_card.md` at the mm repository's root: "
-            "install the package from its repository (`pip install -e .`) or pass template_path=."
+            f"Model card template not found at {template_path}. It is `model_card.md` at the mm repository's root, "
+            f"installed to {_TEMPLATE_CANDIDATES[1].parent}: reinstall the package (`pip install .` or "
+            "`pip install -e .` from its repository) or pass template_path=."
         )
 
     tags = ["mm", "custom_code", *modalities] + (["peft", "lora"] if is_adapter else [])
