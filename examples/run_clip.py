@@ -74,7 +74,10 @@ class ModelArguments:
     )
     audio_encoder: str | None = field(
         default=None,
-        metadata={"help": "Audio tower from an AutoModel checkpoint or folder that takes log-mel input_features."},
+        metadata={
+            "help": "Audio tower from an AutoModel checkpoint or folder that takes log-mel input_features, e.g. a "
+            "Whisper (its encoder) or a Qwen2-Audio encoder."
+        },
     )
     tokenizer_name: str | None = field(
         default=None,

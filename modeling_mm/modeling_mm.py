@@ -1,5 +1,6 @@
 """MMModel: text, image and audio in one embedding space (CLIP / ImageBind style) with a contrastive loss."""
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -75,6 +76,10 @@ class MMModel(MMPreTrainedModel):
         self.text_model = _build_tower(MMTextModel, config.text_config)
         self.vision_model = _build_tower(MMVisionModel, config.vision_config)
         self.audio_model = _build_tower(MMAudioModel, config.audio_config)
+        # Of other audio architectures, only this name marks a (batch, frames) mask (audioflamingo3_encoder): the
+        # `attention_mask` of Qwen2-Audio's and Voxtral's encoders would be a 4-D attention mask, and both ignore
+        # padding by design. Looked up once: from_encoders swaps in a pretrained tower of the same class.
+        self._audio_takes_frame_mask = "input_features_mask" in inspect.signature(self.audio_model.forward).parameters
         self.text_projection = nn.Linear(_width(config.text_config), config.projection_dim, bias=False)
         self.visual_projection = nn.Linear(_width(config.vision_config), config.projection_dim, bias=False)
         self.audio_projection = nn.Linear(_width(config.audio_config), config.projection_dim, bias=False)
@@ -94,6 +99,10 @@ class MMModel(MMPreTrainedModel):
         a ViT for images), the way `VisionTextDualEncoderModel.from_vision_text_pretrained` does; the towers not
         named come from `config` (default: the "small" preset) and start untrained, as do the projections.
 
+        The audio encoder must take log-mel `input_features` (batch, num_mel_bins, frames), as `MMFeatureExtractor`
+        makes them: Whisper-style encoders (`WHISPER_STYLE_AUDIO_ENCODERS`) do. Of an encoder-decoder checkpoint
+        (Whisper) only the encoder is used.
+
         Example:
         ```python
         >>> model = MMModel.from_encoders(text_encoder="path/to/bert", vision_encoder="path/to/vit")  # doctest: +SKIP
@@ -106,11 +115,13 @@ class MMModel(MMPreTrainedModel):
         sub_configs = {
             f"{name}_config": AutoConfig.from_pretrained(path) for name, path in encoders.items() if path is not None
         }
+        if audio_encoder is not None:
+            _check_audio_encoder(sub_configs["audio_config"], audio_encoder)
         config = MMConfig(**{**config.to_dict(), **sub_configs})
         model = cls(config)
         for name, path in encoders.items():
             if path is not None:
-                setattr(model, f"{name}_model", AutoModel.from_pretrained(path))
+                setattr(model, f"{name}_model", _encoder_of(AutoModel.from_pretrained(path)))
         return model
 
     def get_input_embeddings(self):
@@ -203,12 +214,27 @@ class MMModel(MMPreTrainedModel):
         )
 
     def _audio_tower(self, input_features, audio_attention_mask, **kwargs):
-        if self.config.audio_config.model_type == MMAudioConfig.model_type:
+        """The audio tower's `BaseModelOutputWithPooling`; its pooled output averages the positions of real frames."""
+        config = self.config.audio_config
+        if config.model_type == MMAudioConfig.model_type:
             return self.audio_model(input_features=input_features, audio_attention_mask=audio_attention_mask, **kwargs)
-        # A tower of another architecture takes its own input name and mask name (e.g. `attention_mask`).
-        return self.audio_model(
-            **{self.audio_model.main_input_name: input_features}, attention_mask=audio_attention_mask, **kwargs
+        input_features, frame_mask = _audio_frames(config, input_features, audio_attention_mask)
+        inputs = {"input_features": input_features}
+        if self._audio_takes_frame_mask:
+            inputs["input_features_mask"] = frame_mask
+        outputs = self.audio_model(**inputs, **kwargs)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=_pooled(outputs, frame_mask),  # the mean over positions of real frames
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
+
+    def _tower_frame_mask(self, input_features, audio_attention_mask):
+        """The frame mask as the audio tower saw it: padded to the fixed length of a Whisper-style tower."""
+        if audio_attention_mask is None or self.config.audio_config.model_type == MMAudioConfig.model_type:
+            return audio_attention_mask
+        return _audio_frames(self.config.audio_config, input_features, audio_attention_mask)[1]
 
     def _contrastive_loss(self, embeds, pairs, scale, bias, labels, input_ids, attention_mask):
         sizes = {name: e.shape[0] for name, e in embeds.items()}
@@ -227,6 +253,17 @@ class MMModel(MMPreTrainedModel):
         return torch.stack(losses).mean()
 
 
+# Model types of audio encoders that take what MMFeatureExtractor makes (log-mel `input_features` of shape
+# (batch, num_mel_bins, frames)) and are known to work as the audio tower.
+WHISPER_STYLE_AUDIO_ENCODERS = (
+    "whisper",
+    "qwen2_audio_encoder",
+    "voxtral_encoder",
+    "audioflamingo3_encoder",
+    "glmasr_encoder",
+)
+
+
 def _build_tower(mm_class, config):
     """Our own tower for our config; any transformers architecture otherwise (a pretrained BERT, ViT, ...),
     composed the way `VisionTextDualEncoderModel` does."""
@@ -236,15 +273,55 @@ def _build_tower(mm_class, config):
         return mm_class._from_config(config)
     from transformers import AutoModel
 
-    return AutoModel.from_config(config)
+    return _encoder_of(AutoModel.from_config(config))
+
+
+def _encoder_of(model):
+    # Of an encoder-decoder (e.g. Whisper), the tower is the encoder.
+    return model.get_encoder() if model.config.is_encoder_decoder else model
+
+
+def _check_audio_encoder(config, path):
+    """Fails early, naming the problem, for an audio encoder that cannot take MMFeatureExtractor's log-mel frames."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    model_class = MODEL_MAPPING.get(type(config), None)
+    takes = getattr(model_class, "main_input_name", None)
+    if takes == "input_features" and getattr(config, "num_mel_bins", None):
+        return
+    problem = f"takes `{takes}`" if takes != "input_features" else "has no `num_mel_bins` in its config"
+    raise ValueError(
+        f"audio_encoder {path!r}: its {config.model_type!r} model {problem}, but the audio tower must take log-mel "
+        "`input_features` (batch, num_mel_bins, frames), as MMFeatureExtractor makes them. Whisper-style encoders "
+        f"do: model types {', '.join(WHISPER_STYLE_AUDIO_ENCODERS)}."
+    )
+
+
+def _audio_frames(audio_config, input_features, frame_mask):
+    """What an audio tower of another architecture takes: (input_features, frame_mask) padded to
+    2 * max_source_positions frames, the fixed length of Whisper-style encoders (Whisper pads every clip to 30 s).
+    MMFeatureExtractor pads a batch to its longest clip only; the rest is padded here with its padding value (0) and
+    marked 0 in the mask (all ones when there was no mask)."""
+    batch, _, frames = input_features.shape
+    if frame_mask is None:
+        frame_mask = torch.ones(batch, frames, dtype=torch.long, device=input_features.device)
+    missing = 2 * (getattr(audio_config, "max_source_positions", None) or 0) - frames
+    if missing > 0:
+        input_features = nn.functional.pad(input_features, (0, missing))
+        frame_mask = nn.functional.pad(frame_mask, (0, missing))
+    return input_features, frame_mask
 
 
 def _pooled(outputs, attention_mask=None):
     """A tower's pooled output; for towers without a pooler, the mean of its last hidden states over real
-    positions (the mask applies when it matches the sequence, i.e. for text)."""
+    positions. The mask is per token for text; an audio frame mask is down-sampled to the hidden states."""
     if getattr(outputs, "pooler_output", None) is not None:
         return outputs.pooler_output
     hidden = outputs.last_hidden_state
+    if attention_mask is not None and attention_mask.shape[-1] > hidden.shape[1]:
+        # Audio towers shorten time by a stride (Whisper's stem by 2, Qwen2-Audio's by 4 with its average pool):
+        # position i starts at frame i * stride, so it holds audio when that frame does.
+        attention_mask = attention_mask[:, :: -(-attention_mask.shape[-1] // hidden.shape[1])]
     if attention_mask is None or attention_mask.shape[-1] != hidden.shape[1]:
         return hidden.mean(dim=1)
     return masked_mean(hidden, attention_mask)

@@ -162,7 +162,7 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
         if audio_out is not None:
             audio_states = self.audio_to_decoder(audio_out.last_hidden_state)  # (B, frames / 2, D)
             states.append(audio_states)
-            masks.append(_positions_mask(audio_attention_mask, audio_states))
+            masks.append(_positions_mask(self.mm._tower_frame_mask(input_features, audio_attention_mask), audio_states))
         mask = torch.cat(masks, dim=1)
         # Images are never padded: without an audio mask there is none. An all-ones audio mask is kept (checking
         # it would be a data-dependent branch, a graph break under torch.compile and a GPU sync); the decoder's

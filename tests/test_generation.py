@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import CompileConfig, EncoderDecoderCache
+from transformers import AutoConfig, CompileConfig, EncoderDecoderCache
 
 from configuration_mm import MMConfig
 import training_mm.caption_metrics
@@ -113,6 +113,29 @@ def test_padded_batch_generates_what_each_item_generates_alone():
     ]
     assert together == alone
     assert together[0].startswith("a photo of a")  # the prompt is continued, not repeated
+
+
+def test_whisper_style_audio_tower_gives_each_clip_of_a_padded_batch_its_own_scores():
+    """With another architecture's audio tower (Qwen2-Audio's encoder, which takes exactly 2 x max_source_positions
+    frames), the decoder's audio mask follows the frames that tower saw: a padded batch scores each clip as alone."""
+    audio_config = AutoConfig.for_model(
+        "qwen2_audio_encoder", num_mel_bins=16, max_source_positions=50, d_model=32, encoder_layers=2,
+        encoder_attention_heads=4, encoder_ffn_dim=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    config = MMConfig(**{**MMConfig.from_preset("tiny").to_dict(), "audio_config": audio_config})
+    model = MMForConditionalGeneration(config).eval()
+    lengths = [40, 70, 100]
+    features, mask = torch.zeros(3, 16, 100), torch.zeros(3, 100, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        features[row, :, :length], mask[row, :length] = torch.randn(16, length), 1
+    options = dict(do_sample=False, max_new_tokens=4, output_scores=True, return_dict_in_generate=True)
+    together = model.generate(input_features=features, audio_attention_mask=mask, **options)
+    for row, length in enumerate(lengths):
+        clip, clip_mask = features[row : row + 1, :, :length], mask[row : row + 1, :length]
+        alone = model.generate(input_features=clip, audio_attention_mask=clip_mask, **options)
+        for step_together, step_alone in zip(together.scores, alone.scores):
+            torch.testing.assert_close(step_together[row : row + 1], step_alone, atol=1e-4, rtol=1e-4)
 
 
 def test_prompts_are_continued_with_the_learned_caption():

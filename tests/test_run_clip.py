@@ -223,6 +223,40 @@ def test_towers_from_local_encoder_checkpoints(builtin_data, tmp_path):
     assert saved("a red star above a blue ring")["input_ids"] == tokenizer("a red star above a blue ring")["input_ids"]
 
 
+def test_audio_tower_from_a_local_whisper_style_encoder(builtin_data, tmp_path):
+    """--audio_encoder composes a Whisper-style encoder (Qwen2-Audio's, which takes exactly 2 x max_source_positions
+    log-mel frames, here 3 s: longer than most clips, so batches are padded to it): the processor makes its mel bins
+    and frames, audio retrieval is measured, and the written folder reloads with that tower. An encoder that does not
+    take log-mel `input_features` is refused by name."""
+    from transformers import ASTConfig, ASTModel, AutoConfig, AutoModel
+
+    if "audio" not in builtin_data["train"].column_names:
+        pytest.skip("no espeak-ng: the built-in data has no audio")
+    encoder = AutoModel.from_config(
+        AutoConfig.for_model(
+            "qwen2_audio_encoder", num_mel_bins=16, max_source_positions=150, d_model=32, encoder_layers=2,
+            encoder_attention_heads=4, encoder_ffn_dim=64,
+        )  # fmt: skip
+    )
+    encoder.save_pretrained(tmp_path / "qwen2_audio")
+
+    output_dir = tmp_path / "out"
+    metrics = run_clip.main([*TINY, "--audio_encoder", str(tmp_path / "qwen2_audio"), "--output_dir", str(output_dir)])
+    assert math.isfinite(metrics["train_loss"])
+    for direction in ("audio->text", "text->audio"):
+        assert 0.0 <= metrics[f"recall@1 {direction}"] <= metrics[f"recall@10 {direction}"] <= 1.0
+    model = AutoModel.from_pretrained(output_dir, trust_remote_code=True)
+    assert type(model.audio_model).__name__ == "Qwen2AudioEncoder"
+    assert model.config.audio_config.model_type == "qwen2_audio_encoder"
+    extractor = json.loads((output_dir / "processor_config.json").read_text())["feature_extractor"]
+    assert (extractor["feature_size"], extractor["max_length"]) == (16, 300)  # the encoder's mel bins and frames (3 s)
+
+    ast = ASTModel(ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64))
+    ast.save_pretrained(tmp_path / "ast")
+    with pytest.raises(ValueError, match=r"takes `input_values`.*qwen2_audio_encoder"):
+        run_clip.main([*TINY, "--audio_encoder", str(tmp_path / "ast"), "--output_dir", str(tmp_path / "refused")])
+
+
 # ------------------------------------------------------------------------------------------------ resume
 
 
