@@ -91,7 +91,11 @@ class ModelArguments:
     )
     meta_controller: bool = field(
         default=False,
-        metadata={"help": "Scale the learning rate with training_mm.meta_controller.MetaControllerCallback."},
+        metadata={
+            "help": "Scale the learning rate with training_mm.meta_controller.MetaControllerCallback. From trained "
+            "weights (--model_name_or_path, --*_encoder) it never raises the LR beyond the schedule on small "
+            "updates alone (min_update_ratio=0)."
+        },
     )
 
 
@@ -183,9 +187,14 @@ def main(argv=None):
     # 6. Training.
     callbacks = []
     if model_args.meta_controller:
-        from training_mm.meta_controller import MetaControllerCallback
+        from training_mm.meta_controller import MIN_UPDATE_RATIO, MetaControllerCallback
 
-        callbacks.append(MetaControllerCallback())
+        # Starting from trained weights, a small learning rate is deliberate: the controller may cut it and bring
+        # it back, but not raise it beyond the schedule on small updates alone (see its min_update_ratio).
+        pretrained = any(
+            (model_args.model_name_or_path, model_args.text_encoder, model_args.vision_encoder, model_args.audio_encoder)
+        )
+        callbacks.append(MetaControllerCallback(min_update_ratio=0.0 if pretrained else MIN_UPDATE_RATIO))
     trainer = Trainer(
         model=model,
         args=training_args,

@@ -231,8 +231,9 @@ class MMModel(MMPreTrainedModel):
         )
 
     def _tower_frame_mask(self, input_features, audio_attention_mask):
-        """The frame mask as the audio tower saw it: padded to the fixed length of a Whisper-style tower."""
-        if audio_attention_mask is None or self.config.audio_config.model_type == MMAudioConfig.model_type:
+        """The frame mask as the audio tower saw it: padded to the fixed length of a Whisper-style tower (so the
+        padding added there is masked even when the batch came without a mask)."""
+        if self.config.audio_config.model_type == MMAudioConfig.model_type:
             return audio_attention_mask
         return _audio_frames(self.config.audio_config, input_features, audio_attention_mask)[1]
 
@@ -260,7 +261,6 @@ WHISPER_STYLE_AUDIO_ENCODERS = (
     "qwen2_audio_encoder",
     "voxtral_encoder",
     "audioflamingo3_encoder",
-    "glmasr_encoder",
 )
 
 
@@ -299,17 +299,26 @@ def _check_audio_encoder(config, path):
 
 def _audio_frames(audio_config, input_features, frame_mask):
     """What an audio tower of another architecture takes: (input_features, frame_mask) padded to
-    2 * max_source_positions frames, the fixed length of Whisper-style encoders (Whisper pads every clip to 30 s).
-    MMFeatureExtractor pads a batch to its longest clip only; the rest is padded here with its padding value (0) and
-    marked 0 in the mask (all ones when there was no mask)."""
+    2 * max_source_positions frames, the fixed length of Whisper-style encoders (Whisper pads every clip to 30 s),
+    and marked 0 in the mask (all ones when there was no mask). These encoders see their padding (most take no
+    mask), so every masked frame holds what Whisper's extractor computes for silence: the clip's loudest value
+    minus 2 (its log-mel floor, 8 below the peak, after the (x + 4) / 4 scaling that MMFeatureExtractor shares)."""
     batch, _, frames = input_features.shape
     if frame_mask is None:
         frame_mask = torch.ones(batch, frames, dtype=torch.long, device=input_features.device)
-    missing = 2 * (getattr(audio_config, "max_source_positions", None) or 0) - frames
-    if missing > 0:
-        input_features = nn.functional.pad(input_features, (0, missing))
-        frame_mask = nn.functional.pad(frame_mask, (0, missing))
-    return input_features, frame_mask
+    expected = 2 * (getattr(audio_config, "max_source_positions", None) or 0)
+    if expected and frames > expected:
+        raise ValueError(
+            f"The audio tower ({audio_config.model_type}) takes at most {expected} log-mel frames, got {frames}: "
+            f"set the feature extractor's max_length to {expected} frames or less (its default for this tower)."
+        )
+    if expected > frames:
+        input_features = nn.functional.pad(input_features, (0, expected - frames))
+        frame_mask = nn.functional.pad(frame_mask, (0, expected - frames))
+    real = frame_mask.bool()[:, None, :]
+    peak = input_features.masked_fill(~real, float("-inf")).amax(dim=(1, 2), keepdim=True)
+    silence = torch.nan_to_num(peak - 2.0, neginf=0.0)  # a clip with no real frame has no peak
+    return torch.where(real, input_features, silence), frame_mask
 
 
 def _pooled(outputs, attention_mask=None):

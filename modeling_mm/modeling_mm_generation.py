@@ -154,7 +154,7 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
             if input_features is not None:
                 audio_out = self.mm._audio_tower(input_features, audio_attention_mask)
 
-        states, masks = [], []
+        states, masks, frame_mask = [], [], None
         if vision_out is not None:
             image_states = self.image_to_decoder(vision_out.last_hidden_state)  # (B, patches, D)
             states.append(image_states)
@@ -162,12 +162,13 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
         if audio_out is not None:
             audio_states = self.audio_to_decoder(audio_out.last_hidden_state)  # (B, frames / 2, D)
             states.append(audio_states)
-            masks.append(_positions_mask(self.mm._tower_frame_mask(input_features, audio_attention_mask), audio_states))
+            frame_mask = self.mm._tower_frame_mask(input_features, audio_attention_mask)  # the frames the tower saw
+            masks.append(_positions_mask(frame_mask, audio_states))
         mask = torch.cat(masks, dim=1)
-        # Images are never padded: without an audio mask there is none. An all-ones audio mask is kept (checking
-        # it would be a data-dependent branch, a graph break under torch.compile and a GPU sync); the decoder's
-        # mask function drops an all-ones mask outside compile anyway.
-        mask = None if audio_attention_mask is None else mask
+        # Images are never padded: without an audio frame mask there is none. An all-ones audio mask is kept
+        # (checking it would be a data-dependent branch, a graph break under torch.compile and a GPU sync); the
+        # decoder's mask function drops an all-ones mask outside compile anyway.
+        mask = None if frame_mask is None else mask
         return (torch.cat(states, dim=1), mask), contrastive_loss
 
     def forward(

@@ -117,9 +117,10 @@ def test_padded_batch_generates_what_each_item_generates_alone():
 
 def test_whisper_style_audio_tower_gives_each_clip_of_a_padded_batch_its_own_scores():
     """With another architecture's audio tower (Qwen2-Audio's encoder, which takes exactly 2 x max_source_positions
-    frames), the decoder's audio mask follows the frames that tower saw: a padded batch scores each clip as alone."""
+    frames), the decoder's audio mask follows the frames that tower saw: a padded batch scores each clip as alone,
+    with or without a mask, and a clip longer than the tower takes is refused."""
     audio_config = AutoConfig.for_model(
-        "qwen2_audio_encoder", num_mel_bins=16, max_source_positions=50, d_model=32, encoder_layers=2,
+        "qwen2_audio_encoder", num_mel_bins=16, max_source_positions=60, d_model=32, encoder_layers=2,
         encoder_attention_heads=4, encoder_ffn_dim=64,
     )  # fmt: skip
     torch.manual_seed(0)
@@ -136,6 +137,12 @@ def test_whisper_style_audio_tower_gives_each_clip_of_a_padded_batch_its_own_sco
         alone = model.generate(input_features=clip, audio_attention_mask=clip_mask, **options)
         for step_together, step_alone in zip(together.scores, alone.scores):
             torch.testing.assert_close(step_together[row : row + 1], step_alone, atol=1e-4, rtol=1e-4)
+    # Without a mask, the frames the tower pads on (to 120) are still masked for the decoder.
+    unmasked = model.generate(input_features=features[2:], **options)
+    for step_unmasked, step_together in zip(unmasked.scores, together.scores):
+        torch.testing.assert_close(step_unmasked, step_together[2:], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="at most 120 log-mel frames, got 130"):
+        model.generate(input_features=torch.zeros(1, 16, 130), **options)
 
 
 def test_prompts_are_continued_with_the_learned_caption():

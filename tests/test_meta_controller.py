@@ -244,6 +244,20 @@ def test_resume_restores_the_controller_and_continues_identically(tmp_path):
     assert all(torch.equal(final_weights[k], v) for k, v in resumed.model.state_dict().items())
 
 
+def test_resume_from_a_checkpoint_without_controller_state_continues_at_x1(tmp_path, caplog):
+    """A run checkpointed without the controller gains one on resume: it starts afresh at x1 (not the cautious
+    start), says so, and keeps deciding to the end."""
+    common = {"steps": 60, "save_strategy": "steps", "save_steps": 30}
+    train_toy(tmp_path, TUNED_LR, **common)
+    controller = MetaControllerCallback()
+    checkpoint = str(tmp_path / "checkpoint-30")
+    with caplog.at_level("WARNING"):
+        loss, _ = train_toy(tmp_path, TUNED_LR, controller, resume_from_checkpoint=checkpoint, **common)
+    assert "starts afresh at x1" in caplog.text
+    assert math.isfinite(loss) and len(controller.history) == 3
+    assert controller.history[0][0] == 40 and controller.peak_lr == pytest.approx(TUNED_LR)
+
+
 def test_resume_with_different_arguments_is_refused(tmp_path):
     MetaControllerCallback(hidden_size=8).save(tmp_path)
     with pytest.raises(ValueError, match="hidden_size.*same arguments"):

@@ -224,3 +224,30 @@ def test_loaded_model_finds_the_same_positives(tmp_path):
     batch = tiny_batch()
     batch["input_ids"][1] = batch["input_ids"][0]
     torch.testing.assert_close(reloaded(**batch, return_loss=True).loss, model(**batch, return_loss=True).loss)
+
+
+def test_a_whisper_style_audio_tower_sees_silence_where_a_clip_is_padded():
+    """Qwen2-Audio's encoder takes no padding mask and exactly 2 x max_source_positions frames: MMModel pads to that
+    length and fills every padded frame with what Whisper's extractor makes of silence (the clip's peak minus 2),
+    not with zeros the pretrained encoder never saw."""
+    from transformers import AutoConfig
+
+    audio_config = AutoConfig.for_model(
+        "qwen2_audio_encoder", num_mel_bins=16, max_source_positions=30, d_model=32, encoder_layers=1,
+        encoder_attention_heads=4, encoder_ffn_dim=64,
+    )  # fmt: skip
+    model = MMModel(MMConfig(**{**MMConfig.from_preset("tiny").to_dict(), "audio_config": audio_config})).eval()
+    seen = []
+    model.audio_model.register_forward_hook(lambda module, args, kwargs, out: seen.append(kwargs), with_kwargs=True)
+    features = torch.randn(2, 16, 50)
+    mask = torch.ones(2, 50, dtype=torch.long)
+    mask[1, 20:] = 0
+    with torch.no_grad():
+        model.get_audio_features(features, audio_attention_mask=mask)
+    (tower_input,) = [kwargs["input_features"] for kwargs in seen]
+    assert tower_input.shape == (2, 16, 60)
+    torch.testing.assert_close(tower_input[0, :, :50], features[0])
+    torch.testing.assert_close(tower_input[1, :, :20], features[1, :, :20])
+    for row, length in ((0, 50), (1, 20)):
+        silence = features[row, :, :length].max() - 2.0
+        assert torch.all(tower_input[row, :, length:] == silence)

@@ -130,6 +130,26 @@ def test_continuing_a_checkpoint_starts_from_its_weights(trained, tmp_path, hub_
     assert not (tmp_path / "again").exists()
 
 
+def test_meta_controller_never_raises_a_finetunes_learning_rate_on_small_updates(trained, tmp_path, monkeypatch):
+    """From scratch the controller may grow the LR beyond the schedule while the updates are small; from trained
+    weights a small LR is deliberate, so run_clip builds it with min_update_ratio=0."""
+    import training_mm.meta_controller as meta_controller
+
+    built = []
+
+    class Recorded(meta_controller.MetaControllerCallback):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(meta_controller, "MetaControllerCallback", Recorded)
+    _, output_dir, _ = trained
+    args = [*TINY, "--meta_controller", "--max_steps", "1"]
+    run_clip.main([*args, "--output_dir", str(tmp_path / "scratch")])
+    run_clip.main([*args, "--model_name_or_path", str(output_dir), "--output_dir", str(tmp_path / "finetune")])
+    assert [callback.config["min_update_ratio"] for callback in built] == [meta_controller.MIN_UPDATE_RATIO, 0.0]
+
+
 # ------------------------------------------------------------------------------------------------ user data
 
 

@@ -165,6 +165,8 @@ TREND_WINDOWS = 3
 # Beyond GROWTH_CAP the bold driver grows the multiplier only while a step moves the weights by less than this
 # fraction of their norm at the schedule's peak (`min_update_ratio`, step 4 of the module doc).
 MIN_UPDATE_RATIO = 5e-3
+# ... measured only on steps whose scheduled LR is at least this fraction of the peak.
+MIN_SCHEDULE_FACTOR = 0.1
 # Divergence reflex: loss above SPIKE_FACTOR x its EMA, beyond SPIKE_DEVIATIONS EMA standard deviations
 # (log scale, EMA over ~1 / (1 - LOSS_EMA_DECAY) = 10 steps).
 SPIKE_FACTOR = 2.0
@@ -323,8 +325,8 @@ class MetaControllerCallback(TrainerCallback):
             low, high = self.config["min_multiplier"], self.config["max_multiplier"]
             self.multiplier = min(max(math.exp(log_multiplier.item()), low), high)
         # Bold driver: a loss that rose significantly over a whole window (a gradual blow-up) halves the
-        # multiplier; one that keeps falling significantly grows it back towards x1 (beyond x1, only the
-        # hypergradient raises it: see step 4 of the module doc).
+        # multiplier; one that keeps falling significantly grows it back towards x1, and beyond x1 while the updates
+        # are small (see step 4 of the module doc).
         if _t_statistic(w["log_loss"], self.prev_window["log_loss"]) >= SIGNIFICANCE:
             self._cut()
         elif (
@@ -410,13 +412,14 @@ class MetaControllerCallback(TrainerCallback):
     # ---- Trainer events ------------------------------------------------------------------------
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        scheduled_lr = float(optimizer.param_groups[0]["lr"])
+        # torch schedulers record the peak as "initial_lr"; without one, the current LR is the reference.
+        peak_lr = float(optimizer.param_groups[0].get("initial_lr", scheduled_lr))
         if state.global_step == 0:
-            scheduled_lr = float(optimizer.param_groups[0]["lr"])
-            # torch schedulers record the peak as "initial_lr"; without one, the starting LR is the reference.
-            self._reset(scheduled_lr, float(optimizer.param_groups[0].get("initial_lr", scheduled_lr)))
+            self._reset(scheduled_lr, peak_lr)
             _scale_learning_rates(optimizer, self.multiplier)  # the cautious start applies from the first step
         else:
-            self._resume(args, state)
+            self._resume(args, state, scheduled_lr, peak_lr)
         self._remove_hook()
         self._hook = model.register_forward_hook(self._record_loss)
 
@@ -459,7 +462,8 @@ class MetaControllerCallback(TrainerCallback):
         if math.isfinite(grad_dot_delta) and math.isfinite(denominator) and denominator > 0:
             self.window["hypergradient"].append(grad_dot_delta / denominator)
         # Relative size of the last update, scaled to the schedule's peak: what this multiplier moves per step.
-        if delta_sq > 0 and params_sq > 0 and self.prev_schedule_factor:
+        # Not measured deep in warmup or decay, where float32 rounding of tiny updates would dominate it.
+        if delta_sq > 0 and params_sq > 0 and (self.prev_schedule_factor or 0) >= MIN_SCHEDULE_FACTOR:
             self.window["update_ratio"].append(math.sqrt(delta_sq / params_sq) / self.prev_schedule_factor)
         scheduled_lr = float(optimizer.param_groups[0]["lr"]) / self.multiplier
         self.prev_schedule_factor = scheduled_lr / self.peak_lr if self.peak_lr else None
@@ -560,7 +564,7 @@ class MetaControllerCallback(TrainerCallback):
         for name in self._SCALARS:
             setattr(self, name, metadata[name])
 
-    def _resume(self, args, state):
+    def _resume(self, args, state, scheduled_lr, peak_lr):
         candidates = [os.path.join(args.output_dir, f"checkpoint-{state.global_step}")]
         if isinstance(args.resume_from_checkpoint, str):
             candidates.insert(0, args.resume_from_checkpoint)
@@ -570,7 +574,7 @@ class MetaControllerCallback(TrainerCallback):
                 return
         # Trainer restored the optimizer's learning rates without any multiplier, which is what x1 expects; a
         # cautious start makes no sense in the middle of a run.
-        self._reset()
+        self._reset(scheduled_lr, peak_lr)
         self._shift(1 / self.multiplier)
         logger.warning(
             f"Resuming at step {state.global_step}, but no {STATE_FILE} was found in {candidates}: the "
