@@ -36,7 +36,8 @@ Algorithm
    significantly falling log loss (least-squares slope, t <= -`SIGNIFICANCE`), the multiplier grows by
    `RAMP_FACTOR` = sqrt(2), up to `GROWTH_CAP` = x1 -- and beyond x1 while the run's steps are small: while
    the window's updates, scaled to the schedule's peak, move the weights by less than `min_update_ratio`
-   (default 0.5%) of their norm per step; a window whose mean loss rose significantly over the previous one
+   (default 0.5%) of their norm per step (measured on steps whose scheduled LR is at least
+   `MIN_SCHEDULE_FACTOR` = 10% of the peak); a window whose mean loss rose significantly over the previous one
    halves it. A step whose loss jumps above twice its recent average, beyond three recent standard
    deviations (log scale), halves it at once, before that step is applied. All three write into the LSTM's
    output bias, so the learned controller continues from there.
