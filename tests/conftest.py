@@ -6,7 +6,7 @@ import sys
 import datasets
 import pytest
 from hub_server import hub_server  # noqa: F401  (the local Hub fixture)
-from testers import NUM_EVAL, NUM_TRAIN, REPO_ROOT
+from testers import NUM_EVAL, NUM_TRAIN, REPO_ROOT, require_espeak
 
 from training_mm.synthetic_data import build_synthetic_dataset
 
@@ -18,6 +18,7 @@ sys.path.insert(0, str(REPO_ROOT / "examples"))
 def builtin_data(tmp_path_factory):
     """The tiny built-in data that `testers.TINY_RUN` asks for, cached in a session folder that MM_CACHE names, so
     every example run in the session finds it instead of generating it again."""
+    require_espeak()
     previous = os.environ.get("MM_CACHE")
     os.environ["MM_CACHE"] = str(tmp_path_factory.mktemp("mm_cache"))
     yield build_synthetic_dataset(num_train=NUM_TRAIN, num_validation=NUM_EVAL, num_test=NUM_EVAL, image_size=32)

@@ -2,7 +2,6 @@
 
 import json
 import logging
-import shutil
 
 import datasets
 import numpy as np
@@ -10,13 +9,13 @@ import pytest
 import soundfile as sf
 from datasets import DatasetDict, IterableDatasetDict
 from PIL import Image
+from testers import require_espeak
 
 from training_mm import synthetic_data
 from training_mm.data import SAMPLING_RATE, decode_audio, filter_unreadable, load_user_dataset, resample
 from training_mm.synthetic_data import COLOURS, HELD_OUT, build_synthetic_dataset, write_folder
 
 
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 TINY = dict(num_train=12, num_validation=4, num_test=6, image_size=32, seed=0)
 
 
@@ -28,8 +27,8 @@ def private_hf_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def builtin(tmp_path_factory):
-    with_audio = shutil.which("espeak-ng") is not None
-    return build_synthetic_dataset(**TINY, with_audio=with_audio, cache_dir=tmp_path_factory.mktemp("builtin"))
+    require_espeak()
+    return build_synthetic_dataset(**TINY, cache_dir=tmp_path_factory.mktemp("builtin"))
 
 
 def _pairs(label):
@@ -41,7 +40,6 @@ def _pairs(label):
 # ------------------------------------------------------------------------------------------- synthetic data
 
 
-@needs_espeak
 def test_same_seed_gives_identical_data_and_second_build_is_a_cache_hit(builtin, tmp_path, monkeypatch):
     again = build_synthetic_dataset(**TINY, cache_dir=tmp_path)
     for split in ("train", "validation", "test"):
@@ -84,7 +82,6 @@ def test_caption_names_what_the_image_shows(builtin):
             assert nearest == pairs[0][0], (row["caption"], vivid.mean(axis=0))
 
 
-@needs_espeak
 def test_audio_is_16khz_mono_float_speech(builtin):
     assert builtin["train"].features["audio"] == datasets.Audio(decode=False)
     for value in builtin["train"]["audio"][:4]:

@@ -4,10 +4,13 @@ Nothing here touches the network: the tokenizer is trained on synthetic captions
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import pytest
 
 from configuration_mm import MMConfig
 from processing_mm import MMFeatureExtractor, MMImageProcessor, MMProcessor, train_tokenizer
@@ -118,3 +121,13 @@ def save_tiny_base(folder, model_class=None):
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def require_espeak():
+    """Fails, saying how to fix it, when espeak-ng is missing: it is part of the project's set-up (it speaks the
+    built-in data's captions), so its absence is a broken install, not a platform limit to skip over."""
+    if shutil.which("espeak-ng") is None:
+        pytest.fail(
+            "espeak-ng is not installed, so the built-in data has no audio. Run `bash scripts/install.sh` "
+            "(or `apt-get install espeak-ng`)."
+        )
