@@ -228,7 +228,7 @@ def test_local_hub_stops_listening_when_stopped():
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
-def test_a_regular_install_ships_the_card_template(tmp_path):
+def test_a_regular_install_ships_the_card_template(tmp_path, monkeypatch):
     """Outside a checkout (a wheel install), write_model_card finds model_card.md in <prefix>/share/mm/."""
     repo = Path(__file__).resolve().parents[1]
     source = tmp_path / "source"  # a copy, so that the build leaves nothing in the checkout
@@ -249,3 +249,12 @@ def test_a_regular_install_ships_the_card_template(tmp_path):
         assert len(shipped) == 1
         assert archive.read(shipped[0]) == (repo / "model_card.md").read_bytes()
     assert Path(sys.prefix, "share", "mm", "model_card.md") in hub_module._TEMPLATE_CANDIDATES
+
+    # With no checkout next to the package, the installed copy is the one used.
+    installed = tmp_path / "prefix" / "share" / "mm" / "model_card.md"
+    installed.parent.mkdir(parents=True)
+    installed.write_bytes((repo / "model_card.md").read_bytes().replace(b"## ", b"## [installed] ", 1))
+    monkeypatch.setattr(hub_module, "_TEMPLATE_CANDIDATES", (tmp_path / "no-checkout" / "model_card.md", installed))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    assert "## [installed] " in write_model_card(folder, **card_kwargs()).text

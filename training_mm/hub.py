@@ -39,7 +39,6 @@ _TEMPLATE_CANDIDATES = (
     Path(__file__).resolve().parent.parent / "model_card.md",
     Path(sys.prefix) / "share" / "mm" / "model_card.md",
 )
-DEFAULT_TEMPLATE_PATH = next((path for path in _TEMPLATE_CANDIDATES if path.is_file()), _TEMPLATE_CANDIDATES[0])
 # `dataset_type` of the package's built-in synthetic data: the card then says so, and lists no Hub dataset.
 SYNTHETIC_DATASET = "synthetic"
 # Tower attributes worth a line in the card, in reading order (those a config lacks are skipped).
@@ -156,7 +155,9 @@ def write_model_card(
     if unknown or not modalities:
         raise ValueError(f"modalities must be a non-empty subset of {list(MODALITIES)}, got {list(modalities)!r}.")
     metrics = _checked_metrics(metrics or {})
-    template_path = Path(template_path) if template_path is not None else DEFAULT_TEMPLATE_PATH
+    if template_path is None:
+        template_path = next((path for path in _TEMPLATE_CANDIDATES if path.is_file()), _TEMPLATE_CANDIDATES[0])
+    template_path = Path(template_path)
     if not template_path.is_file():
         raise FileNotFoundError(
             f"Model card template not found at {template_path}. It is `model_card.md` at the mm repository's root, "
