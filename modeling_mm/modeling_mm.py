@@ -235,7 +235,7 @@ class MMModel(MMPreTrainedModel):
         padding added there is masked even when the batch came without a mask)."""
         if self.config.audio_config.model_type == MMAudioConfig.model_type:
             return audio_attention_mask
-        return _audio_frames(self.config.audio_config, input_features, audio_attention_mask)[1]
+        return _padded_frame_mask(self.config.audio_config, input_features, audio_attention_mask)
 
     def _contrastive_loss(self, embeds, pairs, scale, bias, labels, input_ids, attention_mask):
         sizes = {name: e.shape[0] for name, e in embeds.items()}
@@ -299,10 +299,20 @@ def _check_audio_encoder(config, path):
 
 def _audio_frames(audio_config, input_features, frame_mask):
     """What an audio tower of another architecture takes: (input_features, frame_mask) padded to
-    2 * max_source_positions frames, the fixed length of Whisper-style encoders (Whisper pads every clip to 30 s),
-    and marked 0 in the mask (all ones when there was no mask). These encoders see their padding (most take no
-    mask), so every masked frame holds what Whisper's extractor computes for silence: the clip's loudest value
-    minus 2 (its log-mel floor, 8 below the peak, after the (x + 4) / 4 scaling that MMFeatureExtractor shares)."""
+    2 * max_source_positions frames, the fixed length of Whisper-style encoders (Whisper pads every clip to 30 s).
+    These encoders see their padding (most take no mask), so every masked frame holds what Whisper's extractor
+    computes for silence: the clip's loudest value minus 2 (its log-mel floor, 8 below the peak, after the
+    (x + 4) / 4 scaling that MMFeatureExtractor shares)."""
+    frame_mask = _padded_frame_mask(audio_config, input_features, frame_mask)
+    input_features = nn.functional.pad(input_features, (0, frame_mask.shape[1] - input_features.shape[2]))
+    real = frame_mask.bool()[:, None, :]
+    peak = input_features.masked_fill(~real, float("-inf")).amax(dim=(1, 2), keepdim=True)
+    silence = torch.nan_to_num(peak - 2.0, neginf=0.0)  # a clip with no real frame has no peak
+    return torch.where(real, input_features, silence), frame_mask
+
+
+def _padded_frame_mask(audio_config, input_features, frame_mask):
+    """The frame mask (all ones when there is none) padded with 0 to the fixed length of a Whisper-style tower."""
     batch, _, frames = input_features.shape
     if frame_mask is None:
         frame_mask = torch.ones(batch, frames, dtype=torch.long, device=input_features.device)
@@ -312,13 +322,7 @@ def _audio_frames(audio_config, input_features, frame_mask):
             f"The audio tower ({audio_config.model_type}) takes at most {expected} log-mel frames, got {frames}: "
             f"set the feature extractor's max_length to {expected} frames or less (its default for this tower)."
         )
-    if expected > frames:
-        input_features = nn.functional.pad(input_features, (0, expected - frames))
-        frame_mask = nn.functional.pad(frame_mask, (0, expected - frames))
-    real = frame_mask.bool()[:, None, :]
-    peak = input_features.masked_fill(~real, float("-inf")).amax(dim=(1, 2), keepdim=True)
-    silence = torch.nan_to_num(peak - 2.0, neginf=0.0)  # a clip with no real frame has no peak
-    return torch.where(real, input_features, silence), frame_mask
+    return nn.functional.pad(frame_mask, (0, max(expected - frames, 0)))
 
 
 def _pooled(outputs, attention_mask=None):
