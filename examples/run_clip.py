@@ -146,9 +146,6 @@ def main(argv=None):
     model_args, data_args, training_args = parse_args(argv)
     setup_logging(training_args, "run_clip")
     output = prepare_output(training_args, data_args.overwrite_output_dir)  # fails here, not after training
-    # Evaluation computes the loss even without `labels` (a model with a `labels` argument would otherwise get
-    # none, see Trainer.prediction_step); the collator passes labels as a model input.
-    training_args.label_names = []
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and training_args.world_size == 1:
         raise RuntimeError(

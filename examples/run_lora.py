@@ -131,8 +131,6 @@ def main(argv=None):
     merge_dir = Path(model_args.merge_output_dir) if model_args.merge_output_dir else None
     output = prepare_output(training_args, training_args.overwrite_output_dir, [merge_dir] if merge_dir else [])
     captioning = model_args.task == "captioning"
-    if not captioning:
-        training_args.label_names = []  # contrastive `labels` are group ids for the loss, not targets
     transformers.set_seed(training_args.seed)
 
     # 2. The base model and its processor.

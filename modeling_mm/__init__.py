@@ -1,7 +1,25 @@
-"""The mm model family: per-modality towers, the joint-embedding MMModel and the captioning MMForConditionalGeneration."""
+"""The mm model family: per-modality towers, the joint-embedding MMModel and the captioning MMForConditionalGeneration.
+
+Importing it registers the classes with transformers' Auto classes, so a saved mm folder loads with
+`AutoModel.from_pretrained(folder)` without `trust_remote_code` where mm is installed. A checkpoint still loads its
+own remote code with `trust_remote_code=True` (transformers prefers the checkpoint's code then), and that remains
+the path on machines without mm.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoModelForSpeechSeq2Seq,
+    AutoModelForZeroShotImageClassification,
+)
+
+from configuration_mm import MMAudioConfig, MMConfig, MMDecoderConfig, MMTextConfig, MMVisionConfig
 
 from .modeling_mm import MMModel, MMOutput
 from .modeling_mm_audio import MMAudioModel
+from .modeling_mm_decoder import MMTextDecoder
 from .modeling_mm_generation import MMForConditionalGeneration, MMGenerationOutput
 from .modeling_mm_text import MMTextModel
 from .modeling_mm_utils import MMPreTrainedModel, save_remote_code
@@ -18,3 +36,23 @@ __all__ = [
     "MMPreTrainedModel",
     "save_remote_code",
 ]
+
+
+def _register_auto_classes():
+    """The Auto classes of `configuration_mm.AUTO_MAP` (those this transformers has), plus each tower on its own."""
+    for config_class in (MMConfig, MMTextConfig, MMVisionConfig, MMAudioConfig, MMDecoderConfig):
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    for config_class, model_class in (
+        (MMConfig, MMModel),
+        (MMTextConfig, MMTextModel),
+        (MMVisionConfig, MMVisionModel),
+        (MMAudioConfig, MMAudioModel),
+        (MMDecoderConfig, MMTextDecoder),
+    ):
+        AutoModel.register(config_class, model_class, exist_ok=True)
+    AutoModelForZeroShotImageClassification.register(MMConfig, MMModel, exist_ok=True)
+    for auto_class in (AutoModelForImageTextToText, AutoModelForSpeechSeq2Seq, AutoModelForCausalLM):
+        auto_class.register(MMConfig, MMForConditionalGeneration, exist_ok=True)
+
+
+_register_auto_classes()

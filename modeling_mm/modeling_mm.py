@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .modeling_mm_audio import MMAudioModel
 from .modeling_mm_layers import masked_mean
@@ -49,7 +49,7 @@ class MMModel(MMPreTrainedModel):
 
     `forward` takes any two or three modalities and returns the similarity logits of every present pair; with
     `return_loss=True` it adds the contrastive loss chosen by `config.loss_type` ("clip" or "siglip"), in which
-    items with the same `labels` (or, without labels, identical texts) are positives of each other.
+    items with the same `group_ids` (or, without them, identical texts) are positives of each other.
 
     Example:
     ```python
@@ -70,6 +70,7 @@ class MMModel(MMPreTrainedModel):
 
     config_class = MMConfig
     main_input_name = "input_ids"
+    default_pipeline_tag = "zero-shot-image-classification"
 
     def __init__(self, config):
         super().__init__(config)
@@ -131,21 +132,36 @@ class MMModel(MMPreTrainedModel):
     def set_input_embeddings(self, value):
         self.text_model.set_input_embeddings(value)
 
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """Resizes the text tower's token embeddings and records the new size as the text tower's (and the caption
+        decoder's: one tokenizer serves both) `vocab_size`, so the saved checkpoint reloads."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        _set_vocab_size(self.config, embeddings.num_embeddings)
+        return embeddings
+
+    @can_return_tuple
     def get_text_features(self, input_ids, attention_mask=None, **kwargs):
-        """L2-normalised text embeddings (B, projection_dim)."""
-        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        return nn.functional.normalize(self.text_projection(_pooled(outputs, attention_mask)), dim=-1)
+        """The text tower's `BaseModelOutputWithPooling` with `pooler_output` = the projected text embeddings
+        (B, projection_dim), not normalised: what `CLIPModel.get_text_features` returns in transformers 5.
+        `forward`'s `text_embeds` are these, L2-normalised."""
+        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+        return _projected(outputs, self.text_projection(_pooled(outputs, attention_mask)))
 
+    @can_return_tuple
     def get_image_features(self, pixel_values, **kwargs):
-        """L2-normalised image embeddings (B, projection_dim)."""
-        outputs = self.vision_model(pixel_values=pixel_values, **kwargs)
-        return nn.functional.normalize(self.visual_projection(_pooled(outputs)), dim=-1)
+        """The vision tower's `BaseModelOutputWithPooling` with `pooler_output` = the projected image embeddings
+        (B, projection_dim), not normalised (as `CLIPModel.get_image_features`)."""
+        outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
+        return _projected(outputs, self.visual_projection(_pooled(outputs)))
 
+    @can_return_tuple
     def get_audio_features(self, input_features, audio_attention_mask=None, **kwargs):
-        """L2-normalised audio embeddings (B, projection_dim)."""
-        outputs = self._audio_tower(input_features, audio_attention_mask, **kwargs)
-        return nn.functional.normalize(self.audio_projection(_pooled(outputs)), dim=-1)
+        """The audio tower's `BaseModelOutputWithPooling` with `pooler_output` = the projected audio embeddings
+        (B, projection_dim), not normalised."""
+        outputs = self._audio_tower(input_features, audio_attention_mask, return_dict=True, **kwargs)
+        return _projected(outputs, self.audio_projection(_pooled(outputs)))
 
+    @can_return_tuple
     def forward(
         self,
         input_ids=None,
@@ -153,11 +169,10 @@ class MMModel(MMPreTrainedModel):
         pixel_values=None,
         input_features=None,
         audio_attention_mask=None,
-        labels=None,
+        group_ids=None,
         return_loss=None,
         output_attentions=None,
         output_hidden_states=None,
-        return_dict=None,
         **kwargs,
     ):
         """Embeds every modality given, scores every present pair, and (with `return_loss=True`) adds the loss.
@@ -166,10 +181,20 @@ class MMModel(MMPreTrainedModel):
             input_ids, attention_mask: tokenized text (B, L).
             pixel_values: images (B, 3, H, W) from `MMImageProcessor`.
             input_features, audio_attention_mask: log-mel audio (B, n_mels, T) and its frame mask (B, T).
-            labels: optional (B,) group ids; equal ids are positives. Without them, identical texts are.
+            group_ids: optional (B,) ids; items with equal ids are positives. Without them, identical texts are.
+                (Not called `labels`: `Trainer` takes an argument of that name for targets and then computes no
+                evaluation loss for batches without it; the contrastive loss has no targets.)
             return_loss: compute the contrastive loss over all present pairs (all modalities must share B).
+            return_dict: `False` (or `config.return_dict = False`) returns a tuple of the non-None fields.
         """
-        tower_kwargs = dict(output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        if "labels" in kwargs:
+            raise TypeError(
+                "MMModel.forward takes the contrastive group ids as `group_ids=`, not `labels=` (renamed so that "
+                "Trainer computes the evaluation loss without `label_names=[]`); pass group_ids=..."
+            )
+        tower_kwargs = dict(
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True
+        )
         text_out = vision_out = audio_out = None
         embeds = {}
         if input_ids is not None:
@@ -196,7 +221,7 @@ class MMModel(MMPreTrainedModel):
 
         loss = None
         if return_loss:
-            loss = self._contrastive_loss(embeds, pairs, scale, bias, labels, input_ids, attention_mask)
+            loss = self._contrastive_loss(embeds, pairs, scale, bias, group_ids, input_ids, attention_mask)
 
         image_text = logits.get(("image", "text"))
         return MMOutput(
@@ -215,6 +240,7 @@ class MMModel(MMPreTrainedModel):
 
     def _audio_tower(self, input_features, audio_attention_mask, **kwargs):
         """The audio tower's `BaseModelOutputWithPooling`; its pooled output averages the positions of real frames."""
+        kwargs["return_dict"] = True
         config = self.config.audio_config
         if config.model_type == MMAudioConfig.model_type:
             return self.audio_model(input_features=input_features, audio_attention_mask=audio_attention_mask, **kwargs)
@@ -237,18 +263,18 @@ class MMModel(MMPreTrainedModel):
             return audio_attention_mask
         return _padded_frame_mask(self.config.audio_config, input_features, audio_attention_mask)
 
-    def _contrastive_loss(self, embeds, pairs, scale, bias, labels, input_ids, attention_mask):
+    def _contrastive_loss(self, embeds, pairs, scale, bias, group_ids, input_ids, attention_mask):
         sizes = {name: e.shape[0] for name, e in embeds.items()}
         if len(set(sizes.values())) != 1:
             raise ValueError(f"return_loss needs aligned items (one per modality each); got batch sizes {sizes}.")
-        if labels is None and input_ids is not None:
-            labels = text_group_ids(input_ids, attention_mask, self.text_hash_powers)
-        if labels is None:  # image + audio only: each item is its own class
-            labels = torch.arange(next(iter(sizes.values())), device=self.logit_scale.device)
+        if group_ids is None and input_ids is not None:
+            group_ids = text_group_ids(input_ids, attention_mask, self.text_hash_powers)
+        if group_ids is None:  # image + audio only: each item is its own class
+            group_ids = torch.arange(next(iter(sizes.values())), device=self.logit_scale.device)
         # Under torch.distributed, negatives come from the global batch; the gather keeps the gradients.
         global_embeds = {name: gather_with_grad(e) for name, e in embeds.items()}
-        global_labels = gather_no_grad(labels)
-        positives = global_labels[:, None] == global_labels[None, :]
+        global_ids = gather_no_grad(group_ids)
+        positives = global_ids[:, None] == global_ids[None, :]
         loss_fn = CONTRASTIVE_LOSSES[self.config.loss_type]
         losses = [loss_fn(global_embeds[a] @ global_embeds[b].t() * scale + bias, positives) for a, b in pairs]
         return torch.stack(losses).mean()
@@ -338,6 +364,22 @@ def _pooled(outputs, attention_mask=None):
     if attention_mask is None or attention_mask.shape[-1] != hidden.shape[1]:
         return hidden.mean(dim=1)
     return masked_mean(hidden, attention_mask)
+
+
+def _projected(outputs, embeds):
+    """A tower's output with its pooled output replaced by the projected embeddings (CLIP's get_*_features)."""
+    return BaseModelOutputWithPooling(
+        last_hidden_state=outputs.last_hidden_state,
+        pooler_output=embeds,
+        hidden_states=outputs.hidden_states,
+        attentions=outputs.attentions,
+    )
+
+
+def _set_vocab_size(config, vocab_size):
+    """One tokenizer serves the text tower and the caption decoder: both configs hold its size."""
+    config.text_config.vocab_size = vocab_size
+    config.decoder_config.vocab_size = vocab_size
 
 
 def _width(config):

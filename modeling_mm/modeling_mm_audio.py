@@ -3,6 +3,7 @@ mean pooling over the frames that are not padding."""
 
 import torch
 from torch import nn
+from transformers.utils import can_return_tuple
 
 from .modeling_mm_layers import MMTowerModel
 from .modeling_mm_utils import MMAudioConfig
@@ -63,6 +64,7 @@ class MMAudioModel(MMTowerModel):
     def get_input_embeddings(self):
         return self.embeddings.conv1
 
+    @can_return_tuple
     def forward(
         self, input_features, audio_attention_mask=None, output_attentions=None, output_hidden_states=None, **kwargs
     ):

@@ -19,6 +19,7 @@ from transformers.masking_utils import create_bidirectional_mask, create_causal_
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import can_return_tuple
 
 from .modeling_mm_layers import MMMLP, MMAttention, eager_attention_forward
 from .modeling_mm_utils import MMPreTrainedModel
@@ -204,6 +205,7 @@ class MMTextDecoder(MMPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
+    @can_return_tuple
     def forward(
         self,
         input_ids=None,

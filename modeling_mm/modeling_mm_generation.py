@@ -26,9 +26,9 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache, StaticCache
 from transformers.generation import GenerationMixin
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
-from .modeling_mm import MMModel, _width
+from .modeling_mm import MMModel, _set_vocab_size, _width
 from .modeling_mm_decoder import MMTextDecoder
 from .modeling_mm_utils import MMConfig, MMPreTrainedModel
 
@@ -88,6 +88,7 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
 
     config_class = MMConfig
     main_input_name = "input_ids"
+    default_pipeline_tag = "image-to-text"
     _tied_weights_keys = {"lm_head.weight": "decoder.embed_tokens.weight"}
     _no_split_modules = MMPreTrainedModel._no_split_modules + ["MMDecoderLayer"]
     _can_compile_fullgraph = True
@@ -120,6 +121,14 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """Resizes the decoder's embeddings and output layer and the text tower's embeddings (one tokenizer serves
+        both), recording the size in both configs, so the saved checkpoint reloads."""
+        self.mm.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        _set_vocab_size(self.config, embeddings.num_embeddings)
+        return embeddings
+
     def get_encoder_hidden_states(self, pixel_values=None, input_features=None, audio_attention_mask=None):
         """What the decoder attends to: the image patches and/or audio frames, in the decoder's width.
 
@@ -146,10 +155,11 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
                 input_features=input_features,
                 audio_attention_mask=audio_attention_mask,
                 return_loss=True,
+                return_dict=True,
             )
             vision_out, audio_out, contrastive_loss = out.vision_model_output, out.audio_model_output, out.loss
         else:
-            vision_out = None if pixel_values is None else self.mm.vision_model(pixel_values=pixel_values)
+            vision_out = None if pixel_values is None else self.mm.vision_model(pixel_values=pixel_values, return_dict=True)
             audio_out = None
             if input_features is not None:
                 audio_out = self.mm._audio_tower(input_features, audio_attention_mask)
@@ -171,6 +181,7 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
         mask = None if frame_mask is None else mask
         return (torch.cat(states, dim=1), mask), contrastive_loss
 
+    @can_return_tuple
     def forward(
         self,
         input_ids=None,
@@ -221,6 +232,7 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         hidden_states = outputs.last_hidden_state
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
@@ -265,8 +277,9 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
 
         Without `input_ids` each item starts from `<s>` (captioning, speech to text); with them (a prompt from the
         processor, padded on either side) it continues the prompt. Returns `(B * num_return_sequences, length)`
-        token ids: the left-padded prompt followed by the new tokens. Decode with `processor.batch_decode(...,
-        skip_special_tokens=True)`.
+        token ids, as every transformers model does: `input_ids` exactly as passed, then the new tokens, so
+        `out[:, input_ids.shape[1]:]` is the continuation (without a prompt: `<s>`, then the new tokens). Decode
+        with `processor.batch_decode(..., skip_special_tokens=True)`, which drops the prompt's own `</s>` and padding.
 
         Example:
         ```python
@@ -288,14 +301,25 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
         if input_ids is None and encoder_hidden_states is None:
             raise ValueError("generate needs a prompt (input_ids), media (pixel_values/input_features), or both.")
         batch_size = encoder_hidden_states.shape[0] if encoder_hidden_states is not None else input_ids.shape[0]
-        input_ids, attention_mask = self._as_prompt(input_ids, attention_mask, batch_size)
-        return super().generate(
+        prompt, (input_ids, attention_mask) = input_ids, self._as_prompt(input_ids, attention_mask, batch_size)
+        output = super().generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
             encoder_hidden_states=encoder_hidden_states,
             encoder_attention_mask=encoder_attention_mask,
             **kwargs,
         )
+        if prompt is None:
+            return output
+        # `_as_prompt` rearranged the prompt (left padding, `<s>` first, `</s>` dropped); give it back as the caller
+        # passed it, followed by the new tokens.
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        prompt = prompt.to(sequences.device).repeat_interleave(sequences.shape[0] // prompt.shape[0], dim=0)
+        sequences = torch.cat([prompt, sequences[:, input_ids.shape[1] :]], dim=1)
+        if isinstance(output, torch.Tensor):
+            return sequences
+        output.sequences = sequences
+        return output
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         """`GenerationMixin`'s self-attention cache, paired with a cross-attention cache of the same kind (a

@@ -115,7 +115,9 @@ class MMEncoder(nn.Module):
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layers:
-            hidden_states, attn_weights = layer(hidden_states, attention_mask)
+            # The flag reaches the attention back-end: transformers' sdpa and flash back-ends warn that they return
+            # no weights (mm warns as transformers does, rather than switching back-end behind the caller's back).
+            hidden_states, attn_weights = layer(hidden_states, attention_mask, output_attentions=output_attentions)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:

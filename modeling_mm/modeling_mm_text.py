@@ -2,6 +2,7 @@
 
 import torch
 from torch import nn
+from transformers.utils import can_return_tuple
 
 from .modeling_mm_layers import MMTowerModel
 from .modeling_mm_utils import MMTextConfig
@@ -57,6 +58,7 @@ class MMTextModel(MMTowerModel):
     def set_input_embeddings(self, value):
         self.embeddings.token_embedding = value
 
+    @can_return_tuple
     def forward(self, input_ids, attention_mask=None, output_attentions=None, output_hidden_states=None, **kwargs):
         """`input_ids` (B, L) and `attention_mask` (B, L, 1 = real token) -> `BaseModelOutputWithPooling`."""
         return self.encode(self.embeddings(input_ids), attention_mask, output_attentions, output_hidden_states)

@@ -1,6 +1,7 @@
 """The base class of every mm model, and the saving of the Hub remote code that travels with its weights."""
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -68,6 +69,8 @@ class MMPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # The Hub task of a checkpoint of this class: the `pipeline_tag` of the card `push_to_hub` writes.
+    default_pipeline_tag = "feature-extraction"
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -98,3 +101,64 @@ class MMPreTrainedModel(PreTrainedModel):
         result = super().save_pretrained(save_directory, *args, **kwargs)
         save_remote_code(save_directory)
         return result
+
+    def push_to_hub(
+        self,
+        repo_id,
+        *,
+        pipeline_tag=None,
+        commit_message=None,
+        commit_description=None,
+        private=None,
+        token=None,
+        revision=None,
+        create_pr=False,
+        max_shard_size="50GB",
+        tags=None,
+    ):
+        """`PushToHubMixin.push_to_hub` (same arguments), uploading mm's own model card (the repository's
+        `model_card.md`) where transformers would write its empty template. `pipeline_tag` is the checkpoint's Hub
+        task (default: the class's `default_pipeline_tag`; pass "automatic-speech-recognition" for a captioner that
+        transcribes audio); the card's usage code follows it. A repo that already has a README keeps it, as with
+        transformers. Where mm is not installed (a model loaded as remote code), transformers' own card is written.
+
+        Example:
+        ```python
+        >>> model.push_to_hub("my-org/mm-asr", pipeline_tag="automatic-speech-recognition")  # doctest: +SKIP
+        ```
+        """
+        hub_kwargs = dict(
+            commit_message=commit_message,
+            commit_description=commit_description,
+            private=private,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
+            max_shard_size=max_shard_size,
+            tags=tags,
+        )
+        try:  # the card template and its writer belong to the installed package, not to the checkpoint's code
+            from training_mm.hub import write_pushed_model_card
+        except ImportError:
+            return super().push_to_hub(repo_id, **hub_kwargs)
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if api.file_exists(repo_id, "README.md", revision=revision):
+            return super().push_to_hub(repo_id, **hub_kwargs)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, max_shard_size=max_shard_size)
+            card = write_pushed_model_card(folder, self, repo_id, pipeline_tag or self.default_pipeline_tag)
+            card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *(tags or []), *(self.model_tags or [])]))
+            card.save(Path(folder) / "README.md")
+            return self._upload_modified_files(
+                folder,
+                repo_id,
+                files_timestamps={},
+                commit_message=commit_message,
+                token=token,
+                create_pr=create_pr,
+                revision=revision,
+                commit_description=commit_description,
+            )

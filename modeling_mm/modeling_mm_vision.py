@@ -2,6 +2,7 @@
 
 import torch
 from torch import nn
+from transformers.utils import can_return_tuple
 
 from .modeling_mm_layers import MMTowerModel
 from .modeling_mm_utils import MMVisionConfig
@@ -54,6 +55,7 @@ class MMVisionModel(MMTowerModel):
     def get_input_embeddings(self):
         return self.embeddings.patch_embedding
 
+    @can_return_tuple
     def forward(self, pixel_values, output_attentions=None, output_hidden_states=None, **kwargs):
         """`pixel_values` (B, 3, H, W) -> `BaseModelOutputWithPooling` over the (H/p * W/p) patches."""
         return self.encode(self.embeddings(pixel_values), None, output_attentions, output_hidden_states)

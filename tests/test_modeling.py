@@ -4,6 +4,8 @@ import copy
 
 import pytest
 import torch
+from torch.nn.functional import normalize
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from configuration_mm import MMConfig
 from modeling_mm import MMAudioModel, MMModel, MMTextModel, MMVisionModel
@@ -46,22 +48,31 @@ def test_forward_scores_every_present_pair():
 
 
 def test_get_features_match_forward_embeddings():
+    """As CLIPModel's in transformers 5: a BaseModelOutputWithPooling whose pooler_output is the projected, not yet
+    normalised embedding; forward's embeddings are those, L2-normalised."""
     model, batch = tiny_model(), tiny_batch()
     out = model(**batch)
-    torch.testing.assert_close(model.get_text_features(batch["input_ids"], batch["attention_mask"]), out.text_embeds)
-    torch.testing.assert_close(model.get_image_features(batch["pixel_values"]), out.image_embeds)
-    torch.testing.assert_close(
-        model.get_audio_features(batch["input_features"], batch["audio_attention_mask"]), out.audio_embeds
-    )
+    features = {
+        "text": model.get_text_features(batch["input_ids"], batch["attention_mask"]),
+        "image": model.get_image_features(batch["pixel_values"]),
+        "audio": model.get_audio_features(batch["input_features"], batch["audio_attention_mask"]),
+    }
+    for name, feature in features.items():
+        assert isinstance(feature, BaseModelOutputWithPooling)
+        assert feature.pooler_output.shape == (4, model.config.projection_dim)
+        assert not torch.allclose(feature.pooler_output.norm(dim=-1), torch.ones(4))
+        torch.testing.assert_close(normalize(feature.pooler_output, dim=-1), getattr(out, f"{name}_embeds"))
+    torch.testing.assert_close(features["image"].last_hidden_state, out.vision_model_output.last_hidden_state)
 
 
 def test_padding_does_not_change_embeddings():
     """An item's embedding must not depend on how much padding its batch added."""
     model, batch = tiny_model(), tiny_batch()
-    alone_text = model.get_text_features(batch["input_ids"][-1:, :6])
-    torch.testing.assert_close(model.get_text_features(batch["input_ids"], batch["attention_mask"])[-1:], alone_text)
-    alone_audio = model.get_audio_features(batch["input_features"][-1:, :, :30])
-    padded = model.get_audio_features(batch["input_features"], batch["audio_attention_mask"])[-1:]
+    alone_text = model.get_text_features(batch["input_ids"][-1:, :6]).pooler_output
+    padded_text = model.get_text_features(batch["input_ids"], batch["attention_mask"]).pooler_output[-1:]
+    torch.testing.assert_close(padded_text, alone_text)
+    alone_audio = model.get_audio_features(batch["input_features"][-1:, :, :30]).pooler_output
+    padded = model.get_audio_features(batch["input_features"], batch["audio_attention_mask"]).pooler_output[-1:]
     torch.testing.assert_close(padded, alone_audio, atol=1e-5, rtol=1e-4)
 
 
@@ -122,8 +133,8 @@ def test_identical_texts_or_labels_become_positives():
 
     # Treating the duplicate as a positive gives a different loss than treating it as a negative.
     with_dup = model(**batch, return_loss=True).loss
-    as_negatives = model(**batch, labels=torch.arange(4), return_loss=True).loss
-    explicit = model(**batch, labels=torch.tensor([7, 7, 8, 9]), return_loss=True).loss
+    as_negatives = model(**batch, group_ids=torch.arange(4), return_loss=True).loss
+    explicit = model(**batch, group_ids=torch.tensor([7, 7, 8, 9]), return_loss=True).loss
     torch.testing.assert_close(with_dup, explicit)
     assert not torch.isclose(with_dup, as_negatives)
 

@@ -71,7 +71,7 @@ def test_model_and_processor_push_to_hub_upload_what_save_pretrained_writes(hub_
     texts = ["a red circle", "two blue squares"]
     inputs = dict(processor(text=texts, return_tensors="pt"))
     with torch.no_grad():
-        save_file({"text_embeds": model.get_text_features(**inputs)}, tmp_path / "expected.safetensors")
+        save_file({"text_embeds": model.get_text_features(**inputs).pooler_output}, tmp_path / "expected.safetensors")
     code = f"""
 import torch
 from safetensors.torch import load_file
@@ -79,7 +79,7 @@ from transformers import AutoModel, AutoProcessor
 model = AutoModel.from_pretrained({str(rebuilt)!r}, trust_remote_code=True).eval()
 processor = AutoProcessor.from_pretrained({str(rebuilt)!r}, trust_remote_code=True)
 with torch.no_grad():
-    embeds = model.get_text_features(**processor(text={texts!r}, return_tensors="pt"))
+    embeds = model.get_text_features(**processor(text={texts!r}, return_tensors="pt")).pooler_output
 torch.testing.assert_close(embeds, load_file({str(tmp_path / "expected.safetensors")!r})["text_embeds"], atol=1e-5, rtol=0)
 print("REBUILT OK")
 """

@@ -52,12 +52,12 @@ def test_collator_batches_rows_with_group_labels(builtin_data):
     modalities = tuple(name for name in ("image", "audio") if name in rows[0])
     batch = ContrastiveCollator(tiny_processor(), modalities)(rows)
     assert batch["return_loss"] is True and batch["pixel_values"].shape == (4, 3, 32, 32)
-    assert batch["labels"].tolist() == [group_id(row["label"]) for row in rows]
-    assert batch["labels"][0] == batch["labels"][3] and len(set(batch["labels"][:3].tolist())) == 3
+    assert batch["group_ids"].tolist() == [group_id(row["label"]) for row in rows]
+    assert batch["group_ids"][0] == batch["group_ids"][3] and len(set(batch["group_ids"][:3].tolist())) == 3
     if "audio" in modalities:
         assert batch["input_features"].shape[:2] == (4, 32) and batch["audio_attention_mask"].shape[0] == 4
     unlabelled = ContrastiveCollator(tiny_processor(), modalities, return_loss=False)([{**rows[0], "label": None}])
-    assert "labels" not in unlabelled and "return_loss" not in unlabelled
+    assert "group_ids" not in unlabelled and "return_loss" not in unlabelled
 
 
 def test_recall_counts_a_hit_for_any_neighbour_that_shares_the_query_key():

@@ -1,8 +1,8 @@
 """Batching for contrastive training: dataset rows -> the keyword arguments of `MMModel.forward`.
 
 A row holds a `caption` and an `image` and/or `audio` (the columns `training_mm.data.load_user_dataset` and the
-built-in data produce), optionally a `label`. The collator runs the processor over the batch, adds `labels` (group
-ids: rows with the same label are positives of each other) and `return_loss=True`, so `Trainer` needs no subclass
+built-in data produce), optionally a `label`. The collator runs the processor over the batch, adds `group_ids`
+(rows with the same label are positives of each other) and `return_loss=True`, so `Trainer` needs no subclass
 (as in transformers' `examples/pytorch/contrastive-image-text/run_clip.py`).
 """
 
@@ -27,7 +27,7 @@ def group_id(value):
 
 
 class ContrastiveCollator:
-    """Turns a list of rows into one processor batch with `labels` and `return_loss=True`.
+    """Turns a list of rows into one processor batch with `group_ids` and `return_loss=True`.
 
     Args:
         processor (`MMProcessor`): tokenizes `caption`, prepares `image` and decodes + featurizes `audio`.
@@ -42,7 +42,7 @@ class ContrastiveCollator:
     >>> collator = ContrastiveCollator(processor, modalities=("image",))  # doctest: +SKIP
     >>> batch = collator([{"image": pil_image, "caption": "a red circle", "label": "red circle"}])  # doctest: +SKIP
     >>> sorted(batch)  # doctest: +SKIP
-    ['attention_mask', 'input_ids', 'labels', 'pixel_values', 'return_loss']
+    ['attention_mask', 'group_ids', 'input_ids', 'pixel_values', 'return_loss']
     ```
     """
 
@@ -63,7 +63,7 @@ class ContrastiveCollator:
             inputs["sampling_rate"] = SAMPLING_RATE
         batch = dict(self.processor(**inputs))
         if self.label_column and all(row.get(self.label_column) is not None for row in rows):
-            batch["labels"] = torch.tensor([group_id(row[self.label_column]) for row in rows], dtype=torch.long)
+            batch["group_ids"] = torch.tensor([group_id(row[self.label_column]) for row in rows], dtype=torch.long)
         if self.return_loss:
             batch["return_loss"] = True
         return batch

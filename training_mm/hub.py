@@ -55,6 +55,13 @@ _TOWER_FIELDS = (
     ("max_source_positions", "audio positions"),
 )
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+# The Auto class the card's usage code loads a checkpoint of each task with (AutoModel for the contrastive ones).
+AUTO_CLASSES = {
+    "image-to-text": "AutoModelForImageTextToText",
+    "automatic-speech-recognition": "AutoModelForSpeechSeq2Seq",
+}
+# The towers a checkpoint's card lists, by the task `model.push_to_hub` is told (captioners read one modality).
+_TASK_MODALITIES = {"image-to-text": ("text", "image"), "automatic-speech-recognition": ("text", "audio")}
 
 
 def describe_model(model):
@@ -110,12 +117,12 @@ def write_model_card(
     folder,
     *,
     model_name,
-    metrics,
     task_type,
-    dataset_name,
-    dataset_type,
-    hyperparameters,
     model_description,
+    metrics=None,
+    dataset_name=None,
+    dataset_type=None,
+    hyperparameters=None,
     base_model=None,
     is_adapter=False,
     library_name=None,
@@ -135,7 +142,8 @@ def write_model_card(
             Each entry becomes one `EvalResult` (metric type and name = the key) and one table row.
         task_type: e.g. "zero-shot-image-classification", "zero-shot-audio-classification", "image-to-text".
         dataset_name, dataset_type: a readable name and the Hub dataset id (or `SYNTHETIC_DATASET`, or a local
-            path) of the data trained and evaluated on. Only a Hub id is listed in the `datasets` metadata.
+            path) of the data trained and evaluated on. Only a Hub id is listed in the `datasets` metadata. None
+            (`model.push_to_hub`, which knows the model but not its run): the card says the data was not recorded.
         hyperparameters (`dict`): rendered as the hyper-parameter table, e.g. from `TrainingArguments`.
         model_description (`dict[str, str]`): the summary table, normally `describe_model(model)`.
         base_model: the Hub id the model was finetuned from; required for adapters.
@@ -184,7 +192,7 @@ def write_model_card(
         library_name=library_name or ("peft" if is_adapter else "transformers"),
         pipeline_tag=pipeline_tag or task_type,
         tags=tags,
-        datasets=[dataset_type] if dataset_type != SYNTHETIC_DATASET and _is_hub_id(dataset_type) else None,
+        datasets=[dataset_type] if dataset_type and dataset_type != SYNTHETIC_DATASET and _is_hub_id(dataset_type) else None,
         base_model=base_model if base_model and _is_hub_id(base_model) else None,
         eval_results=eval_results or None,
     )
@@ -195,7 +203,7 @@ def write_model_card(
         repo=repo_id or model_name,
         modalities=list(modalities),
         task_type=task_type,
-        auto_class="AutoModelForImageTextToText" if task_type == "image-to-text" else "AutoModel",
+        auto_class=AUTO_CLASSES.get(task_type, "AutoModel"),
         is_adapter=is_adapter,
         base_model=base_model,
         base_model_url=f"{constants.ENDPOINT}/{base_model}" if base_model else None,
@@ -210,6 +218,20 @@ def write_model_card(
     )
     card.save(folder / "README.md")
     return card
+
+
+def write_pushed_model_card(folder, model, repo_id, pipeline_tag):
+    """The card `MMPreTrainedModel.push_to_hub` uploads: `write_model_card` for `model` and its `pipeline_tag`,
+    without the run's metrics, data and hyper-parameters, which a model alone does not know (the example scripts
+    write the full card)."""
+    return write_model_card(
+        folder,
+        model_name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        task_type=pipeline_tag,
+        model_description=describe_model(model),
+        modalities=_TASK_MODALITIES.get(pipeline_tag, MODALITIES),
+    )
 
 
 def _checked_metrics(metrics):
