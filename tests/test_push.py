@@ -54,10 +54,11 @@ def test_model_and_processor_push_to_hub_upload_what_save_pretrained_writes(hub_
     processor.save_pretrained(tmp_path / "local")
 
     pushed = received(hub_server, "mm-tester/mm-tiny")
-    # The one file a local save has no counterpart for: push_to_hub adds transformers' default model card (or keeps
-    # the card the repo already has). The examples push the mm card instead, see below. Every other byte is equal.
+    # The one file a local save has no counterpart for: push_to_hub adds mm's model card (or keeps the card the repo
+    # already has), with the checkpoint's task, in place of transformers' empty template. Every other byte is equal.
     card = ModelCard(pushed.pop("README.md").decode())
-    assert card.data.library_name == "transformers"
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "zero-shot-image-classification"
+    assert "mm" in card.data.tags and "zero-shot-image-classification" in card.text
     assert pushed == local_files(tmp_path / "local")
     config = json.loads(pushed["config.json"])
     assert config["auto_map"]["AutoModel"] == "modeling_mm.MMModel" and "image-to-text" in config["custom_pipelines"]

@@ -101,6 +101,12 @@ def test_builtin_run_reports_recall_and_writes_a_hub_folder(trained, builtin_dat
     assert reported == pytest.approx({name: value for name, value in metrics.items() if name.startswith("recall@")})
     assert "synthetic" in card.text.lower()
 
+    # As transformers' examples: the run's figures in train/eval/all_results.json, every card figure among them.
+    results = {split: json.loads((output_dir / f"{split}_results.json").read_text()) for split in ("train", "eval", "all")}
+    assert results["eval"] == pytest.approx({**reported, "eval_loss": metrics["eval_loss"]})
+    assert results["train"]["train_loss"] == pytest.approx(metrics["train_loss"]) and results["train"]["train_runtime"] > 0
+    assert results["all"] == {**results["train"], **results["eval"]}
+
 
 def test_existing_output_folder_is_never_overwritten_without_the_flag(trained):
     _, output_dir, _ = trained

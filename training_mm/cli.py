@@ -23,6 +23,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from processing_mm import MMFeatureExtractor, MMImageProcessor, MMProcessor, train_tokenizer
 
+from .argument_files import expand_argument_file
 from .data import filter_unreadable, load_user_dataset
 from .hub import SYNTHETIC_DATASET, describe_model, push_folder_to_hub, write_model_card
 from .synthetic_data import build_synthetic_dataset
@@ -120,9 +121,10 @@ class CaptioningTrainingArguments(TrainingArguments):
 
 
 def parse_script_args(parser, argv, default_output_dir):
-    """Parses `argv` (default: sys.argv[1:]) into the parser's dataclasses, with `--output_dir` defaulting to
-    `default_output_dir(known)`, a function of the arguments parsed so far (None: no default)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Parses `argv` (default: sys.argv[1:]; a leading .json/.yaml file gives defaults that later flags override,
+    see `argument_files`) into the parser's dataclasses, with `--output_dir` defaulting to `default_output_dir(known)`,
+    a function of the arguments parsed so far (None: no default)."""
+    argv = expand_argument_file(sys.argv[1:] if argv is None else argv)
     known, _ = parser.parse_known_args(argv)
     if known.output_dir is None and (output_dir := default_output_dir(known)) is not None:
         argv += ["--output_dir", output_dir]
@@ -254,8 +256,19 @@ def save_output_folder(trainer, output, overwrite, what="model", **card):
         model_description=describe_model(trainer.model),
         **card,
     )
+    save_run_results(trainer, card.get("metrics") or {})
     logger.info("Wrote the %s, processor and model card to %s", what, output.folder)
     return True
+
+
+def save_run_results(trainer, metrics):
+    """`train_results.json`, `eval_results.json` and `all_results.json` in the output folder, as transformers' own
+    examples write them (`Trainer.save_metrics`): the training's runtime, throughput and loss, and every figure the
+    card's `model-index` reports (`metrics`) with the last `eval_loss`, so the card can be checked against the run."""
+    history = trainer.state.log_history
+    trainer.save_metrics("train", next((entry for entry in reversed(history) if "train_runtime" in entry), {}))
+    eval_losses = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
+    trainer.save_metrics("eval", {**metrics, **({"eval_loss": eval_losses[-1]} if eval_losses else {})})
 
 
 def push_output_folder(output, training_args, what=""):
