@@ -10,10 +10,12 @@ import zlib
 
 import torch
 
+from configuration_mm.configuration_mm import MODALITIES
+
 from .data import SAMPLING_RATE, decode_audio
 
-# The non-text modalities a row can carry, each in the column of that name.
-MODALITIES = ("image", "audio")
+# The modalities besides text that a row can carry, each in the column of that name.
+MEDIA = tuple(name for name in MODALITIES if name != "text")
 
 
 def group_id(value):
@@ -47,8 +49,8 @@ class ContrastiveCollator:
     """
 
     def __init__(self, processor, modalities=("image", "audio"), label_column="label", return_loss=True):
-        if not modalities or set(modalities) - set(MODALITIES):
-            raise ValueError(f"modalities must be a non-empty subset of {list(MODALITIES)}, got {modalities!r}.")
+        if not modalities or set(modalities) - set(MEDIA):
+            raise ValueError(f"modalities must be a non-empty subset of {list(MEDIA)}, got {modalities!r}.")
         self.processor = processor
         self.modalities = tuple(modalities)
         self.label_column = label_column
