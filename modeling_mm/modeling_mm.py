@@ -1,6 +1,5 @@
 """MMModel: text, image and audio in one embedding space (CLIP / ImageBind style) with a contrastive loss."""
 
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -9,10 +8,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .modeling_mm_audio import MMAudioModel
-from .modeling_mm_layers import masked_mean
+from .modeling_mm_audio_adapter import accepts_frame_mask, check_audio_encoder, encode_audio, pooled_output
 from .modeling_mm_losses import CONTRASTIVE_LOSSES, gather_no_grad, gather_with_grad, hash_powers, text_group_ids
 from .modeling_mm_text import MMTextModel
-from .modeling_mm_utils import MMAudioConfig, MMConfig, MMPreTrainedModel
+from .modeling_mm_utils import MMConfig, MMPreTrainedModel
 from .modeling_mm_vision import MMVisionModel
 
 
@@ -77,10 +76,8 @@ class MMModel(MMPreTrainedModel):
         self.text_model = _build_tower(MMTextModel, config.text_config)
         self.vision_model = _build_tower(MMVisionModel, config.vision_config)
         self.audio_model = _build_tower(MMAudioModel, config.audio_config)
-        # Of other audio architectures, only this name marks a (batch, frames) mask (audioflamingo3_encoder): the
-        # `attention_mask` of Qwen2-Audio's and Voxtral's encoders would be a 4-D attention mask, and both ignore
-        # padding by design. Looked up once: from_encoders swaps in a pretrained tower of the same class.
-        self._audio_takes_frame_mask = "input_features_mask" in inspect.signature(self.audio_model.forward).parameters
+        # Looked up once: from_encoders swaps in a pretrained tower of the same class.
+        self._audio_takes_frame_mask = accepts_frame_mask(self.audio_model)
         self.text_projection = nn.Linear(_width(config.text_config), config.projection_dim, bias=False)
         self.visual_projection = nn.Linear(_width(config.vision_config), config.projection_dim, bias=False)
         self.audio_projection = nn.Linear(_width(config.audio_config), config.projection_dim, bias=False)
@@ -101,8 +98,8 @@ class MMModel(MMPreTrainedModel):
         named come from `config` (default: the "small" preset) and start untrained, as do the projections.
 
         The audio encoder must take log-mel `input_features` (batch, num_mel_bins, frames), as `MMFeatureExtractor`
-        makes them: Whisper-style encoders (`WHISPER_STYLE_AUDIO_ENCODERS`) do. Of an encoder-decoder checkpoint
-        (Whisper) only the encoder is used.
+        makes them: Whisper-style encoders (`modeling_mm_audio_adapter.WHISPER_STYLE_AUDIO_ENCODERS`) do. Of an
+        encoder-decoder checkpoint (Whisper) only the encoder is used.
 
         Example:
         ```python
@@ -117,7 +114,7 @@ class MMModel(MMPreTrainedModel):
             f"{name}_config": AutoConfig.from_pretrained(path) for name, path in encoders.items() if path is not None
         }
         if audio_encoder is not None:
-            _check_audio_encoder(sub_configs["audio_config"], audio_encoder)
+            check_audio_encoder(sub_configs["audio_config"], audio_encoder)
         config = MMConfig(**{**config.to_dict(), **sub_configs})
         model = cls(config)
         for name, path in encoders.items():
@@ -145,21 +142,21 @@ class MMModel(MMPreTrainedModel):
         (B, projection_dim), not normalised: what `CLIPModel.get_text_features` returns in transformers 5.
         `forward`'s `text_embeds` are these, L2-normalised."""
         outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
-        return _projected(outputs, self.text_projection(_pooled(outputs, attention_mask)))
+        return _projected(outputs, self.text_projection(pooled_output(outputs, attention_mask)))
 
     @can_return_tuple
     def get_image_features(self, pixel_values, **kwargs):
         """The vision tower's `BaseModelOutputWithPooling` with `pooler_output` = the projected image embeddings
         (B, projection_dim), not normalised (as `CLIPModel.get_image_features`)."""
         outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
-        return _projected(outputs, self.visual_projection(_pooled(outputs)))
+        return _projected(outputs, self.visual_projection(pooled_output(outputs)))
 
     @can_return_tuple
     def get_audio_features(self, input_features, audio_attention_mask=None, **kwargs):
         """The audio tower's `BaseModelOutputWithPooling` with `pooler_output` = the projected audio embeddings
         (B, projection_dim), not normalised."""
-        outputs = self._audio_tower(input_features, audio_attention_mask, return_dict=True, **kwargs)
-        return _projected(outputs, self.audio_projection(_pooled(outputs)))
+        outputs = self.encode_audio(input_features, audio_attention_mask, return_dict=True, **kwargs)
+        return _projected(outputs, self.audio_projection(pooled_output(outputs)))
 
     @can_return_tuple
     def forward(
@@ -199,13 +196,13 @@ class MMModel(MMPreTrainedModel):
         embeds = {}
         if input_ids is not None:
             text_out = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **tower_kwargs)
-            embeds["text"] = self.text_projection(_pooled(text_out, attention_mask))
+            embeds["text"] = self.text_projection(pooled_output(text_out, attention_mask))
         if pixel_values is not None:
             vision_out = self.vision_model(pixel_values=pixel_values, **tower_kwargs)
-            embeds["image"] = self.visual_projection(_pooled(vision_out))
+            embeds["image"] = self.visual_projection(pooled_output(vision_out))
         if input_features is not None:
-            audio_out = self._audio_tower(input_features, audio_attention_mask, **tower_kwargs)
-            embeds["audio"] = self.audio_projection(_pooled(audio_out))
+            audio_out = self.encode_audio(input_features, audio_attention_mask, **tower_kwargs)
+            embeds["audio"] = self.audio_projection(pooled_output(audio_out))
         if len(embeds) < 2 and (return_loss or len(embeds) == 0):
             raise ValueError(
                 f"MMModel.forward needs at least two of text (input_ids), image (pixel_values) and audio "
@@ -238,30 +235,17 @@ class MMModel(MMPreTrainedModel):
             audio_model_output=audio_out,
         )
 
-    def _audio_tower(self, input_features, audio_attention_mask, **kwargs):
-        """The audio tower's `BaseModelOutputWithPooling`; its pooled output averages the positions of real frames."""
-        kwargs["return_dict"] = True
-        config = self.config.audio_config
-        if config.model_type == MMAudioConfig.model_type:
-            return self.audio_model(input_features=input_features, audio_attention_mask=audio_attention_mask, **kwargs)
-        input_features, frame_mask = _audio_frames(config, input_features, audio_attention_mask)
-        inputs = {"input_features": input_features}
-        if self._audio_takes_frame_mask:
-            inputs["input_features_mask"] = frame_mask
-        outputs = self.audio_model(**inputs, **kwargs)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=outputs.last_hidden_state,
-            pooler_output=_pooled(outputs, frame_mask),  # the mean over positions of real frames
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+    def encode_audio(self, input_features, audio_attention_mask=None, **kwargs):
+        """The audio tower's `BaseModelOutputWithPooling` (pooled over the positions of real frames), for mm's own
+        tower or a Whisper-style one (see `modeling_mm_audio_adapter`); what both heads run audio through."""
+        return encode_audio(
+            self.audio_model,
+            self.config.audio_config,
+            input_features,
+            audio_attention_mask,
+            takes_frame_mask=self._audio_takes_frame_mask,
+            **kwargs,
         )
-
-    def _tower_frame_mask(self, input_features, audio_attention_mask):
-        """The frame mask as the audio tower saw it: padded to the fixed length of a Whisper-style tower (so the
-        padding added there is masked even when the batch came without a mask)."""
-        if self.config.audio_config.model_type == MMAudioConfig.model_type:
-            return audio_attention_mask
-        return _padded_frame_mask(self.config.audio_config, input_features, audio_attention_mask)
 
     def _contrastive_loss(self, embeds, pairs, scale, bias, group_ids, input_ids, attention_mask):
         sizes = {name: e.shape[0] for name, e in embeds.items()}
@@ -280,16 +264,6 @@ class MMModel(MMPreTrainedModel):
         return torch.stack(losses).mean()
 
 
-# Model types of audio encoders that take what MMFeatureExtractor makes (log-mel `input_features` of shape
-# (batch, num_mel_bins, frames)) and are known to work as the audio tower.
-WHISPER_STYLE_AUDIO_ENCODERS = (
-    "whisper",
-    "qwen2_audio_encoder",
-    "voxtral_encoder",
-    "audioflamingo3_encoder",
-)
-
-
 def _build_tower(mm_class, config):
     """Our own tower for our config; any transformers architecture otherwise (a pretrained BERT, ViT, ...),
     composed the way `VisionTextDualEncoderModel` does."""
@@ -305,65 +279,6 @@ def _build_tower(mm_class, config):
 def _encoder_of(model):
     # Of an encoder-decoder (e.g. Whisper), the tower is the encoder.
     return model.get_encoder() if model.config.is_encoder_decoder else model
-
-
-def _check_audio_encoder(config, path):
-    """Fails early, naming the problem, for an audio encoder that cannot take MMFeatureExtractor's log-mel frames."""
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING
-
-    model_class = MODEL_MAPPING.get(type(config), None)
-    takes = getattr(model_class, "main_input_name", None)
-    if takes == "input_features" and getattr(config, "num_mel_bins", None):
-        return
-    problem = f"takes `{takes}`" if takes != "input_features" else "has no `num_mel_bins` in its config"
-    raise ValueError(
-        f"audio_encoder {path!r}: its {config.model_type!r} model {problem}, but the audio tower must take log-mel "
-        "`input_features` (batch, num_mel_bins, frames), as MMFeatureExtractor makes them. Whisper-style encoders "
-        f"do: model types {', '.join(WHISPER_STYLE_AUDIO_ENCODERS)}."
-    )
-
-
-def _audio_frames(audio_config, input_features, frame_mask):
-    """What an audio tower of another architecture takes: (input_features, frame_mask) padded to
-    2 * max_source_positions frames, the fixed length of Whisper-style encoders (Whisper pads every clip to 30 s).
-    These encoders see their padding (most take no mask), so every masked frame holds what Whisper's extractor
-    computes for silence: the clip's loudest value minus 2 (its log-mel floor, 8 below the peak, after the
-    (x + 4) / 4 scaling that MMFeatureExtractor shares)."""
-    frame_mask = _padded_frame_mask(audio_config, input_features, frame_mask)
-    input_features = nn.functional.pad(input_features, (0, frame_mask.shape[1] - input_features.shape[2]))
-    real = frame_mask.bool()[:, None, :]
-    peak = input_features.masked_fill(~real, float("-inf")).amax(dim=(1, 2), keepdim=True)
-    silence = torch.nan_to_num(peak - 2.0, neginf=0.0)  # a clip with no real frame has no peak
-    return torch.where(real, input_features, silence), frame_mask
-
-
-def _padded_frame_mask(audio_config, input_features, frame_mask):
-    """The frame mask (all ones when there is none) padded with 0 to the fixed length of a Whisper-style tower."""
-    batch, _, frames = input_features.shape
-    if frame_mask is None:
-        frame_mask = torch.ones(batch, frames, dtype=torch.long, device=input_features.device)
-    expected = 2 * (getattr(audio_config, "max_source_positions", None) or 0)
-    if expected and frames > expected:
-        raise ValueError(
-            f"The audio tower ({audio_config.model_type}) takes at most {expected} log-mel frames, got {frames}: "
-            f"set the feature extractor's max_length to {expected} frames or less (its default for this tower)."
-        )
-    return nn.functional.pad(frame_mask, (0, max(expected - frames, 0)))
-
-
-def _pooled(outputs, attention_mask=None):
-    """A tower's pooled output; for towers without a pooler, the mean of its last hidden states over real
-    positions. The mask is per token for text; an audio frame mask is down-sampled to the hidden states."""
-    if getattr(outputs, "pooler_output", None) is not None:
-        return outputs.pooler_output
-    hidden = outputs.last_hidden_state
-    if attention_mask is not None and attention_mask.shape[-1] > hidden.shape[1]:
-        # Audio towers shorten time by a stride (Whisper's stem by 2, Qwen2-Audio's by 4 with its average pool):
-        # position i starts at frame i * stride, so it holds audio when that frame does.
-        attention_mask = attention_mask[:, :: -(-attention_mask.shape[-1] // hidden.shape[1])]
-    if attention_mask is None or attention_mask.shape[-1] != hidden.shape[1]:
-        return hidden.mean(dim=1)
-    return masked_mean(hidden, attention_mask)
 
 
 def _projected(outputs, embeds):

@@ -10,18 +10,15 @@ first step and reused after (`is_updated[layer_idx]`). Both halves can be `Dynam
 keys/values are then recomputed at every step.
 """
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import can_return_tuple
 
-from .modeling_mm_layers import MMMLP, MMAttention, eager_attention_forward
+from .modeling_mm_layers import MMMLP, MMAttention
 from .modeling_mm_utils import CACHE_NAME, MMPreTrainedModel
 
 try:  # flat Hub folder (remote code)
@@ -63,26 +60,6 @@ def apply_rotary_pos_emb(query, key, cos, sin):
     return query * cos + rotate_half(query) * sin, key * cos + rotate_half(key) * sin
 
 
-def attend(module, query, key, value, attention_mask, **kwargs):
-    """`module`'s attention back-end on (B, heads, T, head_dim) queries and (B, heads, S, head_dim) keys/values, then
-    its `out_proj`: the part the decoder's self- and cross-attention share."""
-    attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-        module.config._attn_implementation, eager_attention_forward
-    )
-    attn_output, attn_weights = attention_interface(
-        module,
-        query,
-        key,
-        value,
-        attention_mask,
-        scaling=module.scaling,
-        dropout=module.dropout if module.training else 0.0,
-        **kwargs,
-    )
-    attn_output = module.out_proj(attn_output.flatten(2).contiguous())  # (B, T, hidden)
-    return attn_output, attn_weights
-
-
 class MMDecoderSelfAttention(MMAttention):
     """Causal self-attention with rotary positions; past keys/values live in `cache` under `layer_idx`."""
 
@@ -90,17 +67,14 @@ class MMDecoderSelfAttention(MMAttention):
         super().__init__(config, is_causal=True, layer_idx=layer_idx)
 
     def forward(self, hidden_states, position_embeddings, attention_mask=None, cache=None, **kwargs):
-        input_shape = hidden_states.shape[:-1]
-        query = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
+        query, key, value = (self.heads(proj, hidden_states) for proj in (self.q_proj, self.k_proj, self.v_proj))
         # (B, heads, T, head_dim)
         query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
         if isinstance(cache, EncoderDecoderCache):
             cache = cache.self_attention_cache
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)  # (B, heads, past + T, head_dim)
-        return attend(self, query, key, value, attention_mask, **kwargs)
+        return self.attend(query, key, value, attention_mask, **kwargs)
 
 
 class MMDecoderCrossAttention(MMAttention):
@@ -111,21 +85,19 @@ class MMDecoderCrossAttention(MMAttention):
         super().__init__(config, layer_idx=layer_idx)
 
     def forward(self, hidden_states, encoder_hidden_states, attention_mask=None, cache=None, **kwargs):
-        input_shape = hidden_states.shape[:-1]
-        query = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)  # (B, heads, T, hd)
+        query = self.heads(self.q_proj, hidden_states)  # (B, heads, T, head_dim)
         if not isinstance(cache, EncoderDecoderCache):
             cache = None
         if cache is not None and cache.is_updated.get(self.layer_idx):
             cached = cache.cross_attention_cache.layers[self.layer_idx]
             key, value = cached.keys, cached.values  # (B, heads, N, head_dim)
         else:
-            kv_shape = (*encoder_hidden_states.shape[:-1], -1, self.head_dim)
-            key = self.k_proj(encoder_hidden_states).view(kv_shape).transpose(1, 2)
-            value = self.v_proj(encoder_hidden_states).view(kv_shape).transpose(1, 2)  # (B, heads, N, head_dim)
+            key = self.heads(self.k_proj, encoder_hidden_states)
+            value = self.heads(self.v_proj, encoder_hidden_states)  # (B, heads, N, head_dim)
             if cache is not None:
                 key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
                 cache.is_updated[self.layer_idx] = True
-        return attend(self, query, key, value, attention_mask, **kwargs)
+        return self.attend(query, key, value, attention_mask, **kwargs)
 
 
 class MMDecoderLayer(GradientCheckpointingLayer):
@@ -270,6 +242,7 @@ class MMTextDecoder(MMPreTrainedModel):
                 encoder_hidden_states,
                 cross_mask,
                 cache,
+                output_attentions=output_attentions,  # sdpa and flash back-ends warn that they return no weights
             )
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)

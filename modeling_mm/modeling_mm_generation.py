@@ -29,6 +29,7 @@ from transformers.generation import GenerationMixin
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .modeling_mm import MMModel, _set_vocab_size, _width
+from .modeling_mm_audio_adapter import positions_mask, tower_frame_mask
 from .modeling_mm_decoder import MMTextDecoder
 from .modeling_mm_utils import CACHE_NAME, MMConfig, MMPreTrainedModel
 
@@ -173,7 +174,7 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
             vision_out = None if pixel_values is None else self.mm.vision_model(pixel_values=pixel_values, return_dict=True)
             audio_out = None
             if input_features is not None:
-                audio_out = self.mm._audio_tower(input_features, audio_attention_mask)
+                audio_out = self.mm.encode_audio(input_features, audio_attention_mask)
 
         states, masks, frame_mask = [], [], None
         if vision_out is not None:
@@ -183,8 +184,8 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
         if audio_out is not None:
             audio_states = self.audio_to_decoder(audio_out.last_hidden_state)  # (B, frames / 2, D)
             states.append(audio_states)
-            frame_mask = self.mm._tower_frame_mask(input_features, audio_attention_mask)  # the frames the tower saw
-            masks.append(_positions_mask(frame_mask, audio_states))
+            frame_mask = tower_frame_mask(self.config.audio_config, input_features, audio_attention_mask)
+            masks.append(positions_mask(frame_mask, audio_states))
         mask = torch.cat(masks, dim=1)
         # Images are never padded: without an audio frame mask there is none. An all-ones audio mask is kept
         # (checking it would be a data-dependent branch, a graph break under torch.compile and a GPU sync); the
@@ -384,13 +385,3 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
         input_ids = input_ids.gather(1, order).masked_fill(~real, config.pad_token_id)
         keep = int(real.sum(dim=1).max())
         return input_ids[:, -keep:], real[:, -keep:].long()
-
-
-def _positions_mask(frame_mask, states):
-    """The audio frame mask (B, frames) down-sampled to the tower's output positions (B, positions): the mm audio
-    stem keeps every second frame; a tower of another architecture is assumed to stride evenly."""
-    if frame_mask is None:
-        return torch.ones(states.shape[:2], dtype=torch.long, device=states.device)
-    frames, positions = frame_mask.shape[1], states.shape[1]
-    stride = max(1, -(-frames // positions))  # ceil
-    return frame_mask[:, ::stride][:, :positions].to(states.device).long()

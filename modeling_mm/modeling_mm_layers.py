@@ -47,14 +47,13 @@ class MMAttention(nn.Module):
         self.v_proj = nn.Linear(self.embed_dim, self.embed_dim)
         self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
 
-    def forward(self, hidden_states, attention_mask=None, key_value_states=None, **kwargs):
-        input_shape = hidden_states.shape[:-1]
-        kv_input = hidden_states if key_value_states is None else key_value_states
-        query = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
-        key = self.k_proj(kv_input).view(*kv_input.shape[:-1], -1, self.head_dim).transpose(1, 2)
-        value = self.v_proj(kv_input).view(*kv_input.shape[:-1], -1, self.head_dim).transpose(1, 2)
-        # (B, heads, seq, head_dim)
+    def heads(self, projection, states):
+        """`projection(states)` split into heads: (B, T, hidden) -> (B, heads, T, head_dim)."""
+        return projection(states).view(*states.shape[:-1], -1, self.head_dim).transpose(1, 2)
 
+    def attend(self, query, key, value, attention_mask, **kwargs):
+        """The configured attention back-end (transformers' attention interface, eager as the fallback) on
+        (B, heads, T, head_dim) queries and (B, heads, S, head_dim) keys/values, then `out_proj`: (B, T, hidden)."""
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
@@ -64,13 +63,18 @@ class MMAttention(nn.Module):
             key,
             value,
             attention_mask,
-            is_causal=self.is_causal and key_value_states is None,
             scaling=self.scaling,
             dropout=self.dropout if self.training else 0.0,
             **kwargs,
         )
-        attn_output = self.out_proj(attn_output.reshape(*input_shape, -1).contiguous())
-        return attn_output, attn_weights
+        return self.out_proj(attn_output.flatten(2).contiguous()), attn_weights
+
+    def forward(self, hidden_states, attention_mask=None, key_value_states=None, **kwargs):
+        kv_input = hidden_states if key_value_states is None else key_value_states
+        query = self.heads(self.q_proj, hidden_states)  # (B, heads, T, head_dim)
+        key, value = self.heads(self.k_proj, kv_input), self.heads(self.v_proj, kv_input)  # (B, heads, S, head_dim)
+        is_causal = self.is_causal and key_value_states is None
+        return self.attend(query, key, value, attention_mask, is_causal=is_causal, **kwargs)
 
 
 class MMMLP(nn.Module):

@@ -34,12 +34,13 @@ REMOTE_CODE_FILES = {
         "modeling_mm_text.py",
         "modeling_mm_vision.py",
         "modeling_mm_audio.py",
+        "modeling_mm_audio_adapter.py",
         "modeling_mm_losses.py",
         "modeling_mm.py",
         "modeling_mm_decoder.py",
         "modeling_mm_generation.py",
     ),
-    "processing_mm": ("pipeline_mm.py",),
+    "processing_mm": ("pipeline_mm.py", "feature_extraction_mm.py"),  # the pipeline reads audio files with the latter
 }
 
 

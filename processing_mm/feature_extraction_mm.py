@@ -1,9 +1,10 @@
 """Audio feature extractor of mm: raw 16 kHz waveforms -> Whisper-style log-mel spectrograms.
 
 This file is Hub remote code: `save_pretrained` copies it flat next to the weights, so it imports only
-`transformers`, `torch`, `numpy` and the standard library (`soundfile` only inside the function that reads files).
+`transformers`, `torch`, `numpy` and the standard library (`soundfile` only inside `read_audio`, which reads files).
 """
 
+import io
 import os
 
 import numpy as np
@@ -245,14 +246,14 @@ class MMFeatureExtractor(SequenceFeatureExtractor):
         return array
 
     def _read_file(self, path, index: int) -> np.ndarray:
-        import soundfile  # only needed for paths; imported here so the Hub file loads without it
-
         try:
-            samples, rate = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)  # (samples, channels)
+            samples, rate = read_audio(path)
+        except ImportError:
+            raise
         except Exception as err:
             raise ValueError(f"Audio {index} ({os.fspath(path)!r}) could not be read: {err}") from err
         self._check_rate(rate, f"Audio {index} ({os.fspath(path)!r})")
-        return samples.mean(axis=1)
+        return samples
 
     def _log_mel(self, clips: list[np.ndarray], num_frames: list[int], device) -> np.ndarray:
         """Log-mel of clips of different lengths; returns (batch, n_mels, max(num_frames)) float32, each clip's
@@ -305,6 +306,22 @@ class MMFeatureExtractor(SequenceFeatureExtractor):
         peak = log_mel.masked_fill(~valid[:, None, :], float("-inf")).amax(dim=(1, 2), keepdim=True)
         log_mel = (torch.maximum(log_mel, peak - 8.0) + 4.0) / 4.0
         return log_mel.masked_fill_(~valid[:, None, :], self.padding_value)
+
+
+def read_audio(source) -> tuple[np.ndarray, int]:
+    """A file path, encoded bytes or a binary file object -> `(mono float32 samples, sampling rate)`, read with
+    soundfile, its channels averaged. mm's one audio-file reader: the feature extractor, the speech-recognition
+    pipeline and `training_mm.data.decode_audio` all read files through it."""
+    try:  # inside `try`, so that loading this file as remote code does not require soundfile
+        import soundfile
+    except ImportError as err:
+        raise ImportError("Reading audio files needs the soundfile package: `pip install soundfile`.") from err
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)):
+        source = os.fspath(source)
+    samples, rate = soundfile.read(source, dtype="float32", always_2d=True)  # (samples, channels)
+    return np.ascontiguousarray(samples.mean(axis=1)), int(rate)
 
 
 def _is_number(value) -> bool:

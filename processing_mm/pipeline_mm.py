@@ -12,12 +12,12 @@ Prompted generation needs nothing from here: the stock `image-text-to-text` pipe
 """
 
 import copy
-import io
 import os
 
-import numpy as np
 from transformers import AutomaticSpeechRecognitionPipeline, Pipeline
 from transformers.image_utils import load_image
+
+from .feature_extraction_mm import read_audio
 
 
 def _generate_kwargs(pipeline, generate_kwargs):
@@ -144,10 +144,7 @@ def _read_audio(source, sampling_rate):
     """A file path or encoded bytes -> the mono float32 samples (or, at another rate, what the stock pipeline
     resamples), read with soundfile; without soundfile, the stock pipeline's ffmpeg reader takes over."""
     try:
-        import soundfile
+        samples, rate = read_audio(source)
     except ImportError:
         return source
-    with open(source, "rb") if not isinstance(source, bytes) else io.BytesIO(source) as file:
-        samples, rate = soundfile.read(file, dtype="float32", always_2d=True)  # (samples, channels)
-    samples = np.ascontiguousarray(samples.mean(axis=1))
     return samples if rate == sampling_rate else {"array": samples, "sampling_rate": rate}

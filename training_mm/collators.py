@@ -6,11 +6,10 @@ built-in data produce), optionally a `label`. The collator runs the processor ov
 (as in transformers' `examples/pytorch/contrastive-image-text/run_clip.py`).
 """
 
-import zlib
-
 import torch
 
 from configuration_mm.configuration_mm import MODALITIES
+from modeling_mm.modeling_mm_losses import hash_powers, text_group_ids
 
 from .data import SAMPLING_RATE, decode_audio
 
@@ -18,14 +17,23 @@ from .data import SAMPLING_RATE, decode_audio
 MEDIA = tuple(name for name in MODALITIES if name != "text")
 
 
-def group_id(value):
-    """A stable int64 id for a label or caption. `hash()` is salted per process; crc32 is the same on every process,
-    so group ids still agree after the loss gathers them across DDP ranks.
+def group_ids(values):
+    """One int64 id per value (a label), equal for equal values: the model's own group-id hash
+    (`modeling_mm_losses.text_group_ids`) over each value's UTF-8 bytes. Unlike `hash()`, which is salted per
+    process, it is the same on every process, so group ids still agree after the loss gathers them across DDP ranks.
 
-    >>> group_id("red circle") == group_id("red circle") != group_id("blue square")
+    >>> ids = group_ids(["red circle", "red circle", "blue square"])
+    >>> bool(ids[0] == ids[1] != ids[2])
     True
     """
-    return zlib.crc32(str(value).encode("utf-8"))
+    encoded = [str(value).encode("utf-8") for value in values]
+    length = max(1, *map(len, encoded))
+    codes = torch.zeros(len(encoded), length, dtype=torch.long)
+    mask = torch.zeros(len(encoded), length, dtype=torch.long)
+    for row, data in enumerate(encoded):
+        codes[row, : len(data)] = torch.tensor(list(data), dtype=torch.long)
+        mask[row, : len(data)] = 1
+    return text_group_ids(codes, mask, hash_powers(length))
 
 
 class ContrastiveCollator:
@@ -65,7 +73,7 @@ class ContrastiveCollator:
             inputs["sampling_rate"] = SAMPLING_RATE
         batch = dict(self.processor(**inputs))
         if self.label_column and all(row.get(self.label_column) is not None for row in rows):
-            batch["group_ids"] = torch.tensor([group_id(row[self.label_column]) for row in rows], dtype=torch.long)
+            batch["group_ids"] = group_ids([row[self.label_column] for row in rows])
         if self.return_loss:
             batch["return_loss"] = True
         return batch

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import soundfile as sf
 from datasets import Audio, DatasetDict, Image, IterableDataset, IterableDatasetDict, Value
 from datasets.packaged_modules.audiofolder.audiofolder import AudioFolder
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from datasets.utils import tqdm as hf_tqdm  # datasets' own bar: off after `datasets.disable_progress_bars()`
 from PIL import Image as PILImage
+
+from processing_mm.feature_extraction_mm import read_audio
 
 
 logger = logging.getLogger(__name__)
@@ -108,8 +109,7 @@ def decode_audio(value, sampling_rate=None):
             source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
         if source is None:
             raise ValueError(f"An audio value needs 'bytes' or 'path', got {value!r}.")
-        array, rate = sf.read(source, dtype="float32", always_2d=True)
-        array = array.T  # soundfile gives (frames, channels); the rest of the function takes channels first
+        array, rate = read_audio(source)  # mono
     array = np.asarray(array, dtype=np.float32)
     if array.ndim == 2:
         array = array.mean(axis=0)
