@@ -49,8 +49,8 @@ def accepts_frame_mask(audio_model):
 
 def encode_audio(audio_model, audio_config, input_features, frame_mask=None, takes_frame_mask=False, **kwargs):
     """The tower's `BaseModelOutputWithPooling` for log-mel `input_features` (B, n_mels, T) and their frame mask
-    (B, T); its pooled output averages the positions of real frames. `takes_frame_mask`: `accepts_frame_mask(audio_model)`,
-    looked up once by the caller."""
+    (B, T); its pooled output averages the positions of real frames. `takes_frame_mask`:
+    `accepts_frame_mask(audio_model)`, looked up once by the caller."""
     kwargs["return_dict"] = True
     if audio_config.model_type == MMAudioConfig.model_type:
         return audio_model(input_features=input_features, audio_attention_mask=frame_mask, **kwargs)
