@@ -13,4 +13,4 @@ if ! "$VENV/bin/python" -c "import transformers, sys; sys.exit(transformers.__ve
   "$VENV/bin/python" -m pip install -q "transformers==$LOWEST"
 fi
 echo "== transformers $("$VENV/bin/python" -c 'import transformers; print(transformers.__version__)') (lowest allowed)"
-"$VENV/bin/python" -m pytest -q tests/test_remote_code.py tests/test_pipelines.py tests/test_generation.py "$@"
+"$VENV/bin/python" -m pytest -q tests/test_remote_code.py tests/test_pipelines.py tests/test_generation.py tests/test_conventions.py "$@"
