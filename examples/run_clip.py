@@ -273,7 +273,7 @@ def tower_configs(model_args):
     for name in towers:
         path = getattr(model_args, f"{name}_encoder")
         if path is not None:
-            towers[name] = AutoConfig.from_pretrained(path)
+            towers[name] = AutoConfig.from_pretrained(path, trust_remote_code=False)
     return towers
 
 
@@ -285,7 +285,7 @@ def build_processor(model_args, towers, train_split):
     image_kwargs = {}
     if model_args.vision_encoder:
         try:
-            reference = AutoImageProcessor.from_pretrained(model_args.vision_encoder)
+            reference = AutoImageProcessor.from_pretrained(model_args.vision_encoder, trust_remote_code=False)
             image_kwargs = {"image_mean": reference.image_mean, "image_std": reference.image_std}
         except (OSError, ValueError, AttributeError):
             logger.warning("%s has no image processor; normalising with CLIP's mean/std.", model_args.vision_encoder)
