@@ -243,3 +243,47 @@ def test_unreadable_rows_are_skipped_and_counted(tmp_path, caplog, streaming):
     assert "skipped 3 of 8 rows" in caplog.text
     for reason in ("row 1: unreadable image", "row 4: unreadable audio", "row 6: empty caption"):
         assert reason in caplog.text
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_rows_with_non_finite_values_are_skipped_and_an_all_bad_split_is_an_error(tmp_path, caplog, streaming):
+    """A float WAV or TIFF that decodes but holds NaN/inf is a bad row like an unreadable one, found before training
+    rather than by the feature extractor mid-run; when no row is left, the error says so with the reasons."""
+    _write_files(tmp_path / "train", 4)
+    _write_files(tmp_path / "validation", 1)
+    sf.write(tmp_path / "train" / "2.wav", np.full(1600, np.nan, np.float32), SAMPLING_RATE, subtype="FLOAT")
+    Image.fromarray(np.full((8, 8), np.inf, np.float32)).save(tmp_path / "train" / "3.tif")  # PIL mode "F"
+
+    def write(captions):
+        for split, count in (("train", 4), ("validation", 1)):
+            (tmp_path / split / "metadata.jsonl").write_text("".join(
+                json.dumps({"image": f"{i}.{'tif' if i == 3 else 'png'}", "audio": f"{i}.wav", "caption": captions[i]})
+                + "\n" for i in range(count)
+            ))  # fmt: skip
+        return load_user_dataset(str(tmp_path), streaming=streaming)["train"]
+
+    train = write([f"item {i}" for i in range(4)])
+    with caplog.at_level(logging.WARNING):
+        kept = list(filter_unreadable(train))  # a stream is checked as it is read
+    assert [row["caption"] for row in kept] == ["item 0", "item 1"]
+    assert "skipped 2 of 4 rows" in caplog.text
+    assert "row 2: audio" in caplog.text and "2.wav' holds NaN or infinite values" in caplog.text
+    assert "row 3: image" in caplog.text and "3.tif' holds NaN or infinite values" in caplog.text
+
+    blank = write([" "] * 4)
+    with pytest.raises(ValueError, match=r"all 4 rows unreadable.*row 0: empty caption ' '"):
+        list(filter_unreadable(blank))
+
+
+def test_empty_tables_and_a_numeric_caption_column_name_the_file_and_the_column(tmp_path):
+    _write_files(tmp_path, 2)
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "header.csv").write_text("file_name,caption\n\n")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    for name, what in (("empty.csv", "is empty"), ("header.csv", "holds only a header line"), ("empty.jsonl", "is empty")):
+        with pytest.raises(ValueError, match=rf"{tmp_path / name} {what}: it has no rows"):
+            load_user_dataset(str(tmp_path / name))
+    (tmp_path / "numbers.csv").write_text("file_name,caption,text\n0.png,7,zero\n1.png,8,one\n")
+    with pytest.raises(ValueError, match=r"Column 'caption' of .*numbers.csv.* holds int64 values, not text"):
+        load_user_dataset(str(tmp_path / "numbers.csv"))
+    assert load_user_dataset(str(tmp_path / "numbers.csv"), caption_column="text")["train"][0]["caption"] == "one"

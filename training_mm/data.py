@@ -16,6 +16,7 @@ import logging
 import math
 import os
 from functools import partial
+from itertools import islice
 from pathlib import Path
 
 import datasets
@@ -198,6 +199,7 @@ def _load_table(table):
     loader = TABLE_LOADERS.get(table.suffix.lower())
     if loader is None:
         raise ValueError(f"Cannot read {table}: expected one of {sorted(TABLE_LOADERS)}, or a folder.")
+    _check_has_rows(table, header_lines=1 if loader == "csv" else 0)
     dataset = datasets.load_dataset(loader, data_files=str(table), split="train")
     dataset = dataset.rename_columns(_file_name_columns(dataset, table))
     path_columns = [name for name, feature in dataset.features.items() if _holds_paths(dataset, name, feature)]
@@ -212,6 +214,15 @@ def _load_table(table):
         return {name: [_resolve(base_dir, value) for value in batch[name]] for name in path_columns}
 
     return dataset.map(absolute_paths, batched=True, desc=f"Resolving paths in {table.name}")
+
+
+def _check_has_rows(table, header_lines):
+    """Fails, naming the file, when a table has no data rows (`datasets` would fail with an error that does not)."""
+    with open(table, encoding="utf-8", errors="replace") as lines:
+        non_blank = sum(1 for _ in islice((line for line in lines if line.strip()), header_lines + 1))
+    if non_blank <= header_lines:
+        what = "is empty" if non_blank == 0 else "holds only a header line"
+        raise ValueError(f"{table} {what}: it has no rows. Add a row per image/audio file with its caption.")
 
 
 def _file_name_columns(dataset, table):
@@ -282,6 +293,12 @@ def _pick_columns(split, source, image_column, caption_column, audio_column):
             f"{source} has no image or audio column; its columns are {columns}. "
             "Pass --image_column and/or --audio_column."
         )
+    caption_type = (split.features or {}).get(caption_column)
+    if isinstance(caption_type, Value) and caption_type.dtype not in ("string", "large_string"):
+        raise ValueError(
+            f"Column {caption_column!r} of {source} holds {caption_type.dtype} values, not text captions; its "
+            f"columns are {columns}. Pass --caption_column with the column of captions."
+        )
     return roles
 
 
@@ -322,9 +339,11 @@ def _to_iterable(split):
 
 
 def filter_unreadable(dataset, image_column="image", audio_column="audio", caption_column="caption"):
-    """Drop rows whose image or audio cannot be decoded or whose caption is empty, and say so in the log.
+    """Drop rows whose image or audio cannot be decoded, is empty or holds non-finite values, or whose caption is
+    empty, and say so in the log.
 
-    Logs `skipped N of M rows: <first reasons>` as a warning. Pass `None` for a column to not check it; a
+    Logs `skipped N of M rows: <first reasons>` as a warning; raises `ValueError` ("all N rows unreadable: <first
+    reasons>") when no row is left. Pass `None` for a column to not check it; a
     column the dataset lacks is not checked either. A `Dataset` is checked now; an `IterableDataset` as it
     is read, with a warning every 10,000 rows that found bad ones and one at the end of each pass.
 
@@ -348,7 +367,10 @@ def filter_unreadable(dataset, image_column="image", audio_column="audio", capti
     rows = hf_tqdm(rows, total=len(dataset), desc="Checking for unreadable rows", unit=" rows")
     reasons = {index: reason for index, reason in enumerate(map(problem, rows)) if reason}
     if reasons:
-        _log_skipped(len(reasons), len(dataset), [f"row {index}: {reason}" for index, reason in reasons.items()])
+        described = [f"row {index}: {reason}" for index, reason in reasons.items()]
+        if len(reasons) == len(dataset):
+            raise ValueError(_all_unreadable(len(dataset), described))
+        _log_skipped(len(reasons), len(dataset), described)
         dataset = dataset.select([index for index in range(len(dataset)) if index not in reasons])
     return dataset
 
@@ -364,7 +386,8 @@ def _undecoded(dataset, image_column, audio_column):
 
 
 def _readable_rows(rows, problem):
-    """Yield the readable rows of a stream, warning periodically and at the end about the skipped ones."""
+    """Yield the readable rows of a stream, warning periodically and at the end about the skipped ones; a pass that
+    found none readable is an error."""
     seen, reasons, logged = 0, [], 0
     for seen, row in enumerate(rows, start=1):
         reason = problem(row)
@@ -375,13 +398,25 @@ def _readable_rows(rows, problem):
         if seen % STREAMING_LOG_EVERY == 0 and len(reasons) > logged:
             _log_skipped(len(reasons), seen, reasons, so_far=True)
             logged = len(reasons)
+    if reasons and len(reasons) == seen:
+        raise ValueError(_all_unreadable(seen, reasons))
     if reasons:
         _log_skipped(len(reasons), seen, reasons)
 
 
 def _log_skipped(skipped, total, reasons, so_far=False):
-    shown = "; ".join(reasons[:MAX_REASONS_LOGGED]) + ("; ..." if len(reasons) > MAX_REASONS_LOGGED else "")
-    logger.warning("skipped %d of %d rows%s: %s", skipped, total, " so far" if so_far else "", shown)
+    logger.warning("skipped %d of %d rows%s: %s", skipped, total, " so far" if so_far else "", _first(reasons))
+
+
+def _all_unreadable(total, reasons):
+    return (
+        f"all {total} rows unreadable, so there is nothing to train or measure on: {_first(reasons)}. Check the "
+        "files the image/audio columns name and the caption column (--caption_column)."
+    )
+
+
+def _first(reasons):
+    return "; ".join(reasons[:MAX_REASONS_LOGGED]) + ("; ..." if len(reasons) > MAX_REASONS_LOGGED else "")
 
 
 def _problem(row, *, image_column, audio_column, caption_column):
@@ -392,15 +427,23 @@ def _problem(row, *, image_column, audio_column, caption_column):
     # whatever it is, the row is unreadable and the reason says why.
     if image_column:
         try:
-            _open_image(row[image_column]).load()
+            image = _open_image(row[image_column])
+            image.load()
         except Exception as err:
             return f"unreadable image {_describe(row[image_column])}: {err}"
+        if 0 in image.size:
+            return f"empty image {_describe(row[image_column])} ({image.width}x{image.height})"
+        if image.mode == "F" and not np.isfinite(np.asarray(image)).all():  # PIL's only floating-point mode
+            return f"image {_describe(row[image_column])} holds NaN or infinite values"
     if audio_column:
         try:
-            if decode_audio(row[audio_column])[0].size == 0:
-                return f"empty audio {_describe(row[audio_column])}"
+            wave = decode_audio(row[audio_column])[0]
         except Exception as err:
             return f"unreadable audio {_describe(row[audio_column])}: {err}"
+        if wave.size == 0:
+            return f"empty audio {_describe(row[audio_column])}"
+        if not np.isfinite(wave).all():
+            return f"audio {_describe(row[audio_column])} holds NaN or infinite values"
     return None
 
 
