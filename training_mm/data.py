@@ -11,6 +11,7 @@ every row through `Audio.encode_example`, which imports torchcodec), so there th
 plain struct `AUDIO_STRUCT`; its values are the same `{"bytes", "path"}` dicts.
 """
 
+import hashlib
 import io
 import logging
 import math
@@ -49,8 +50,11 @@ SPLIT_NAMES = {
     "test": "test",
 }
 
-# When a source has no validation split, this share of `train` (at least 1 row, at most the cap) becomes one.
+# When a source has no validation split, this share of `train` becomes one: at least 1 row, at least
+# MIN_VALIDATION_ROWS (a gallery retrieval reports on, see training_mm.retrieval) when that leaves 80% of the rows
+# for training, at most MAX_VALIDATION_ROWS.
 VALIDATION_FRACTION = 0.05
+MIN_VALIDATION_ROWS = 100
 MAX_VALIDATION_ROWS = 1000
 
 MAX_REASONS_LOGGED = 5
@@ -139,9 +143,12 @@ def load_user_dataset(
 
     `image_column`/`audio_column` default to `image`/`audio` when those columns exist; at least one must.
     The result keeps only `image`, `caption` and `audio`, under those names. A source without a validation
-    split gets one: 5% of `train` (at least 1, at most 1000 rows), drawn with a fixed seed; when streaming,
-    the first 1000 rows of `train`. Local sources are read into memory-mapped Arrow files either way;
-    `streaming=True` then wraps them as `IterableDataset`s, and streams Hub datasets.
+    split gets one: 5% of `train` (at least 1 row, at least 100 when that leaves 80% for training, at most
+    1000), drawn with a fixed seed; from a Hub stream, its first rows, sized the same way from a count of the
+    stream (up to the 20,000 rows where the cap is reached); a stream of fewer than 2 rows is an error. Rows of
+    `validation`/`test` that are also in `train` (same caption, image and audio content) are dropped from the
+    held-out split with a warning (`drop_shared_rows`). Local sources are read into memory-mapped Arrow files
+    either way; `streaming=True` then wraps them as `IterableDataset`s, and streams Hub datasets.
 
     >>> splits = load_user_dataset("my_photos/", caption_column="text")  # doctest: +SKIP
     >>> splits["train"].column_names  # doctest: +SKIP
@@ -168,6 +175,7 @@ def load_user_dataset(
         for name, split in splits.items()
     }
     splits = _with_validation_split(splits)
+    splits = drop_shared_rows(splits)
     if streaming and not isinstance(splits["train"], IterableDataset):
         splits = {name: _to_iterable(split) for name, split in splits.items()}
     return IterableDatasetDict(splits) if streaming else DatasetDict(splits)
@@ -315,18 +323,90 @@ def _canonical_columns(split, roles):
 
 
 def _with_validation_split(splits):
-    """Carve a deterministic validation split off `train` when the source has none (sizes: module constants)."""
+    """Carve a deterministic validation split off `train` when the source has none (sizes: `_validation_rows`)."""
     if "validation" in splits or "train" not in splits:
         return splits
     train = splits["train"]
     if isinstance(train, IterableDataset):
-        return {**splits, "train": train.skip(MAX_VALIDATION_ROWS), "validation": train.take(MAX_VALIDATION_ROWS)}
+        # A stream has no length: count it as far as the size depends on it, reading captions only.
+        counted = sum(1 for _ in islice(train.select_columns(["caption"]), _STREAM_ROWS_COUNTED))
+        if counted < 2:
+            raise ValueError(
+                f"The streamed train split has {counted} row(s): too small to split into train and validation. Give "
+                "the dataset a validation split or more rows, or load it without --streaming."
+            )
+        size = _validation_rows(counted)
+        logger.info("Validation split: the first %d rows of the stream (it has %s rows).", size,
+                    counted if counted < _STREAM_ROWS_COUNTED else f"at least {counted}")  # fmt: skip
+        return {**splits, "train": train.skip(size), "validation": train.take(size)}
     if len(train) < 2:
         logger.warning("train has %d row(s): too few to carve a validation split from; none made.", len(train))
         return splits
-    size = min(MAX_VALIDATION_ROWS, max(1, round(VALIDATION_FRACTION * len(train))))
-    carved = train.train_test_split(test_size=size, seed=0)
+    carved = train.train_test_split(test_size=_validation_rows(len(train)), seed=0)
     return {**splits, "train": carved["train"], "validation": carved["test"]}
+
+
+def _validation_rows(num_rows):
+    """How many of `num_rows` training rows become the validation split (see the constants at the top)."""
+    floor = MIN_VALIDATION_ROWS if num_rows >= 5 * MIN_VALIDATION_ROWS else 1
+    return min(MAX_VALIDATION_ROWS, max(floor, round(VALIDATION_FRACTION * num_rows)))
+
+
+# Beyond this many rows, a stream's validation split has MAX_VALIDATION_ROWS whatever its length.
+_STREAM_ROWS_COUNTED = round(MAX_VALIDATION_ROWS / VALIDATION_FRACTION)
+
+
+def drop_shared_rows(splits, held_out=("validation", "test")):
+    """Drop the rows of the `held_out` splits that are also in `train` (same caption, and the same bytes in the image
+    and audio files, wherever they lie), with a warning that counts them: a held-out row the model trained on
+    measures memory, not generalisation. Splits that are streams are returned as they are (not checked)."""
+    if not isinstance(splits.get("train"), datasets.Dataset):
+        return splits
+    checked = [name for name in held_out if isinstance(splits.get(name), datasets.Dataset)]
+    if not checked:
+        return splits
+    seen = set(_row_fingerprints(splits["train"], "train"))
+    splits = dict(splits)
+    for name in checked:
+        fingerprints = _row_fingerprints(splits[name], name)
+        shared = {index for index, fingerprint in enumerate(fingerprints) if fingerprint in seen}
+        if shared:
+            logger.warning(
+                "%s: dropped %d of %d rows that are also in train (same caption, image and audio), so that they "
+                "are not measured as held out%s.", name, len(shared), len(fingerprints),
+                "; nothing is left, so the split is left out" if len(shared) == len(fingerprints) else "",
+            )  # fmt: skip
+            kept = [index for index in range(len(fingerprints)) if index not in shared]
+            if kept:
+                splits[name] = splits[name].select(kept)
+            else:
+                del splits[name]
+    return splits
+
+
+def _row_fingerprints(dataset, name):
+    """A digest of each row's caption and media contents (a file's bytes, not its path)."""
+    columns = [column for column in ("caption", "image", "audio") if column in dataset.column_names]
+    rows = _undecoded(dataset.select_columns(columns), "image", "audio")
+    fingerprints = []
+    for row in hf_tqdm(rows, total=len(dataset), desc=f"Comparing {name} with train", unit=" rows"):
+        digest = hashlib.blake2b(str(row["caption"]).encode(), digest_size=16)
+        for column in columns[1:]:
+            digest.update(b"\0" + _media_bytes(row[column]))
+        fingerprints.append(digest.digest())
+    return fingerprints
+
+
+def _media_bytes(value):
+    """The bytes of an undecoded image/audio value; a file that cannot be read stands for itself by its path."""
+    if not isinstance(value, dict):
+        return repr(value).encode()
+    if value.get("bytes"):
+        return value["bytes"]
+    try:
+        return Path(value["path"]).read_bytes()
+    except (OSError, TypeError):
+        return repr(value.get("path")).encode()
 
 
 def _to_iterable(split):
