@@ -280,7 +280,8 @@ def test_empty_tables_and_a_numeric_caption_column_name_the_file_and_the_column(
     (tmp_path / "empty.csv").write_text("")
     (tmp_path / "header.csv").write_text("file_name,caption\n\n")
     (tmp_path / "empty.jsonl").write_text("\n")
-    for name, what in (("empty.csv", "is empty"), ("header.csv", "holds only a header line"), ("empty.jsonl", "is empty")):
+    empty = {"empty.csv": "is empty", "header.csv": "holds only a header line", "empty.jsonl": "is empty"}
+    for name, what in empty.items():
         with pytest.raises(ValueError, match=rf"{tmp_path / name} {what}: it has no rows"):
             load_user_dataset(str(tmp_path / name))
     (tmp_path / "numbers.csv").write_text("file_name,caption,text\n0.png,7,zero\n1.png,8,one\n")

@@ -116,7 +116,7 @@ def test_retrieval_on_a_small_gallery_is_neither_reported_nor_published(builtin_
     with caplog.at_level("WARNING"):
         metrics = run_clip.main(args)
     assert not [name for name in metrics if "recall@" in name]
-    note = f"Retrieval not measured: {distinct} items ({NUM_EVAL} rows) in the held-out `test` split, fewer than the 100"
+    note = f"Retrieval not measured: {distinct} items ({NUM_EVAL} rows) in the held-out `test` split, fewer than 100"
     assert note in caplog.text
     card = ModelCard.load(tmp_path / "out" / "README.md")
     assert note in card.text and not card.data.eval_results

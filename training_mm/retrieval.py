@@ -39,7 +39,7 @@ class RetrievalGallery:
     model card.
 
     >>> RetrievalGallery.of(splits["validation"], "validation", min_gallery=100).note  # doctest: +SKIP
-    'Retrieval not measured: 12 items in the held-out `validation` split, fewer than the 100 distinct items ...'
+    'Retrieval not measured: 12 items in the held-out `validation` split, fewer than 100, the distinct items ...'
     """
 
     split_name: str
@@ -63,7 +63,7 @@ class RetrievalGallery:
         if not self.measured:
             return (
                 f"Retrieval not measured: {self.distinct} items{rows} in the held-out `{self.split_name}` split, fewer "
-                f"than the {self.min_gallery} distinct items recall@k needs to mean anything (--min_retrieval_gallery)."
+                f"than {self.min_gallery}, the distinct items recall@k needs to mean anything (--min_retrieval_gallery)."
             )
         return (
             f"Retrieval on the held-out `{self.split_name}` split: a gallery of {self.distinct} distinct items{rows}; "
