@@ -361,6 +361,8 @@ def drop_shared_rows(splits, held_out=("validation", "test")):
     and audio files, wherever they lie), with a warning that counts them: a held-out row the model trained on
     measures memory, not generalisation. Splits that are streams are returned as they are (not checked)."""
     if not isinstance(splits.get("train"), datasets.Dataset):
+        if any(name in splits for name in held_out):
+            logger.info("Streamed data: held-out rows are not compared with train for rows they share.")
         return splits
     checked = [name for name in held_out if isinstance(splits.get(name), datasets.Dataset)]
     if not checked:
