@@ -26,6 +26,24 @@ def _check_positive(config, *names):
             raise ValueError(f"{type(config).__name__}.{name} must be a positive number, got {value!r}.")
 
 
+def _check_positive_int(config, *names):
+    """Sizes and counts: a float such as 32.0 (e.g. from a hand-edited JSON) would break shapes deep in the model."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{type(config).__name__}.{name} must be a positive integer, got {value!r}.")
+
+
+def _check_activation(config):
+    from transformers.activations import ACT2FN
+
+    if config.hidden_act not in ACT2FN:
+        raise ValueError(
+            f"{type(config).__name__}.hidden_act is {config.hidden_act!r}, which transformers does not know; choose "
+            f"one of {sorted(ACT2FN)}."
+        )
+
+
 def _check_heads(config):
     if config.hidden_size % config.num_attention_heads != 0:
         raise ValueError(
@@ -76,7 +94,8 @@ class _MMEncoderConfig(PreTrainedConfig):
         self.hidden_dropout = hidden_dropout
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
-        _check_positive(self, "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+        _check_positive_int(self, "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+        _check_activation(self)
         _check_heads(self)
         for name in ("attention_dropout", "hidden_dropout"):
             value = getattr(self, name)
@@ -129,7 +148,7 @@ class MMTextConfig(_MMEncoderConfig):
             eos_token_id=eos_token_id,
             **kwargs,
         )
-        _check_positive(self, "vocab_size", "max_position_embeddings")
+        _check_positive_int(self, "vocab_size", "max_position_embeddings")
 
 
 class MMVisionConfig(_MMEncoderConfig):
@@ -151,7 +170,7 @@ class MMVisionConfig(_MMEncoderConfig):
         self.patch_size = patch_size
         self.num_channels = num_channels
         super().__init__(**kwargs)
-        _check_positive(self, "image_size", "patch_size", "num_channels")
+        _check_positive_int(self, "image_size", "patch_size", "num_channels")
         if image_size % patch_size != 0:
             raise ValueError(
                 f"MMVisionConfig.image_size ({image_size}) must be a multiple of patch_size ({patch_size})."
@@ -185,7 +204,7 @@ class MMAudioConfig(_MMEncoderConfig):
         self.num_mel_bins = num_mel_bins
         self.max_source_positions = max_source_positions
         super().__init__(**kwargs)
-        _check_positive(self, "num_mel_bins", "max_source_positions")
+        _check_positive_int(self, "num_mel_bins", "max_source_positions")
 
 
 class MMDecoderConfig(MMTextConfig):
@@ -298,7 +317,7 @@ class MMConfig(PreTrainedConfig):
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         kwargs.setdefault("custom_pipelines", dict(CUSTOM_PIPELINES))
         super().__init__(**kwargs)
-        _check_positive(self, "projection_dim")
+        _check_positive_int(self, "projection_dim")
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"MMConfig.loss_type must be one of {list(LOSS_TYPES)}, got {loss_type!r}.")
         for name in ("caption_loss_weight", "contrastive_loss_weight"):

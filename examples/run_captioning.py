@@ -29,7 +29,6 @@ from transformers import HfArgumentParser, Trainer
 
 from configuration_mm import MMConfig
 from modeling_mm import MMForConditionalGeneration
-from processing_mm import MMProcessor
 from training_mm.caption_metrics import caption_metrics
 from training_mm.captioning import PIPELINE_TASKS, CaptioningCollator, generate_captions, reference_captions
 from training_mm.cli import (
@@ -37,6 +36,7 @@ from training_mm.cli import (
     CaptioningTrainingArguments,
     check_splits,
     image_size_of,
+    load_processor,
     load_splits,
     new_processor,
     parse_script_args,
@@ -174,7 +174,7 @@ def build_processor(model_args, config, train_split):
     """The checkpoint's processor, or a new one sized for the preset's towers with the tokenizer named by
     --tokenizer_name (else one trained on the training captions)."""
     if model_args.model_name_or_path:
-        return MMProcessor.from_pretrained(model_args.model_name_or_path)
+        return load_processor(model_args.model_name_or_path, config)
     towers = {"text": config.text_config, "vision": config.vision_config, "audio": config.audio_config}
     return new_processor(towers, train_split, model_args.tokenizer_name)
 

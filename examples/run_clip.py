@@ -21,6 +21,7 @@ processor, the Hub-ready folder) are in training_mm/cli.py. `main(argv)` is impo
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import torch
@@ -48,7 +49,7 @@ from training_mm.cli import (
 )
 from training_mm.collators import ContrastiveCollator
 from training_mm.hub import describe_model
-from training_mm.retrieval import DIRECTIONS, RECALL_AT, metric_name, retrieval_metrics
+from training_mm.retrieval import DIRECTIONS, MIN_GALLERY, RECALL_AT, RetrievalGallery, metric_name, retrieval_metrics
 
 logger = logging.getLogger("run_clip")
 
@@ -106,6 +107,13 @@ class DataTrainingArguments(DataArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Write into a non-empty --output_dir (never done without this flag)."}
     )
+    min_retrieval_gallery: int = field(
+        default=MIN_GALLERY,
+        metadata={
+            "help": "Report (and publish in the model card) retrieval recall only on a held-out split of at least this "
+            "many distinct items (labels, else captions); below it, the log and the card say it was not measured."
+        },
+    )
 
 
 # `TrainingArguments` defaults of this script, chosen by measurement for the default run (the small preset on
@@ -140,8 +148,9 @@ TRAINING_DEFAULTS = dict(
 
 def main(argv=None):
     """Runs the script with `argv` (default: sys.argv[1:]); returns the measured metrics as a flat dict:
-    `recall@k query->gallery` after training, `baseline recall@k query->gallery` before it, `train_loss`, and
-    `eval_loss` (validation) when there was an evaluation."""
+    `recall@k query->gallery` after training, `baseline recall@k query->gallery` before it (both only on a held-out
+    split of at least --min_retrieval_gallery distinct items), `train_loss`, and `eval_loss` (validation) when there
+    was an evaluation."""
     # 1. Arguments.
     model_args, data_args, training_args = parse_args(argv)
     setup_logging(training_args, "run_clip")
@@ -174,12 +183,17 @@ def main(argv=None):
     model = build_model(model_args, processor.tokenizer)
     logger.info("Model: %s", describe_model(model))
 
-    # 5. Retrieval on the held-out split before training: the baseline the trained numbers are read against.
+    # 5. Retrieval on the held-out split before training: the baseline the trained numbers are read against; only on
+    # a gallery large enough for recall@k to mean something.
     retrieval_split = splits[retrieval_split_name]
+    gallery = RetrievalGallery.of(retrieval_split, retrieval_split_name, data_args.min_retrieval_gallery)
+    (logger.info if gallery.measured else logger.warning)(gallery.note)
     model.to(training_args.device)
-    baseline = retrieval_metrics(
-        model, processor, retrieval_split, modalities, training_args.per_device_eval_batch_size, desc="Retrieval before"
-    )
+    measure = partial(
+        retrieval_metrics, processor=processor, dataset=retrieval_split, modalities=modalities,
+        batch_size=training_args.per_device_eval_batch_size,
+    )  # fmt: skip
+    baseline = measure(model, desc="Retrieval before") if gallery.measured else {}
 
     # 6. Training.
     callbacks = []
@@ -212,14 +226,11 @@ def main(argv=None):
     metrics = train_and_collect_losses(trainer, output.resume)
 
     # 7. Retrieval after training, next to the baseline.
-    after = retrieval_metrics(
-        trainer.model, processor, retrieval_split, modalities, training_args.per_device_eval_batch_size,
-        desc="Retrieval after",
-    )
+    after = measure(trainer.model, desc="Retrieval after") if gallery.measured else {}
     metrics.update(after)
     metrics.update({f"baseline {name}": value for name, value in baseline.items()})
     if training_args.should_log:
-        print(format_recall_table(baseline, after, retrieval_split_name, retrieval_split))
+        print(format_recall_table(baseline, after, gallery) if gallery.measured else gallery.note)
 
     # 8. The Hub-ready folder: weights + remote code, processor, model card with the numbers just measured.
     save_output_folder(
@@ -231,6 +242,7 @@ def main(argv=None):
         dataset_name=dataset_name,
         dataset_type=dataset_type,
         dataset_split=retrieval_split_name,
+        evaluation_note=gallery.note,
         hyperparameters=hyperparameters(model_args, trainer, modalities),
         base_model=model_args.model_name_or_path,
         modalities=("text", *modalities),
@@ -270,7 +282,7 @@ def tower_configs(model_args):
     for name in towers:
         path = getattr(model_args, f"{name}_encoder")
         if path is not None:
-            towers[name] = AutoConfig.from_pretrained(path)
+            towers[name] = AutoConfig.from_pretrained(path, trust_remote_code=False)
     return towers
 
 
@@ -282,7 +294,7 @@ def build_processor(model_args, towers, train_split):
     image_kwargs = {}
     if model_args.vision_encoder:
         try:
-            reference = AutoImageProcessor.from_pretrained(model_args.vision_encoder)
+            reference = AutoImageProcessor.from_pretrained(model_args.vision_encoder, trust_remote_code=False)
             image_kwargs = {"image_mean": reference.image_mean, "image_std": reference.image_std}
         except (OSError, ValueError, AttributeError):
             logger.warning("%s has no image processor; normalising with CLIP's mean/std.", model_args.vision_encoder)
@@ -317,11 +329,9 @@ def build_model(model_args, tokenizer):
 # ------------------------------------------------------------------------------------------------ reporting & export
 
 
-def format_recall_table(before, after, split_name, split):
-    size = f"{len(split)} items" if hasattr(split, "__len__") else "streamed"
+def format_recall_table(before, after, gallery):
     lines = [
-        f"Retrieval on the held-out {split_name} split ({size}); a hit is a top-k item with the query's label",
-        "(its caption where there are no labels).",
+        gallery.note,
         "recall@k: before -> after training",
         f"{'':<13}" + "".join(f"{f'recall@{k}':>18}" for k in RECALL_AT),
     ]

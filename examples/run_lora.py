@@ -58,7 +58,7 @@ from training_mm.cli import (
 from training_mm.collators import ContrastiveCollator
 from training_mm.hub import describe_model, write_model_card
 from training_mm.lora import MODALITY_TOWERS, build_lora_config, count_parameters, format_parameter_counts
-from training_mm.retrieval import retrieval_metrics
+from training_mm.retrieval import MIN_GALLERY, RetrievalGallery, retrieval_metrics
 
 logger = logging.getLogger("run_lora")
 
@@ -91,6 +91,12 @@ class LoraModelArguments:
         metadata={"help": "Comma-separated towers to adapt among text, vision, audio (and decoder for captioning). "
                           "Default: contrastive, text plus the towers of the data's modalities; captioning, the "
                           "decoder plus the tower of --modality."},
+    )
+    min_retrieval_gallery: int = field(
+        default=MIN_GALLERY,
+        metadata={"help": "--task contrastive: report (and publish in the card) retrieval recall only on a held-out "
+                          "split of at least this many distinct items (labels, else captions); below it, the log and "
+                          "the card say it was not measured."},
     )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha; the update is scaled by alpha / r."})
@@ -146,8 +152,12 @@ def main(argv=None):
     towers = None if model_args.target_modules else chosen_towers(model_args.towers, modalities, captioning, model.config)
 
     # 4. The held-out metrics of the base model: the baseline the adapted numbers are read against.
+    gallery = None
+    if not captioning:  # retrieval only on a gallery large enough for recall@k to mean something
+        gallery = RetrievalGallery.of(splits[held_out_name], held_out_name, model_args.min_retrieval_gallery)
+        (logger.info if gallery.measured else logger.warning)(gallery.note)
     evaluate, collator, task_type = task_parts(captioning, processor, splits[held_out_name], modalities, data_args,
-                                               training_args)  # fmt: skip
+                                               training_args, gallery)  # fmt: skip
     model.to(training_args.device)
     baseline = evaluate(model)
 
@@ -177,7 +187,7 @@ def main(argv=None):
     metrics.update({f"baseline {name}": value for name, value in baseline.items()})
     metrics.update(trainable_parameters=trainable, total_parameters=total)
     if training_args.should_log:
-        print(format_comparison(baseline, after, held_out_name))
+        print(format_comparison(baseline, after, held_out_name) if after else gallery.note)
 
     # 8. The adapter folder: adapter weights and config, the processor, a card with the numbers just measured.
     card = dict(
@@ -186,6 +196,7 @@ def main(argv=None):
         dataset_name=dataset_name,
         dataset_type=dataset_type,
         dataset_split=held_out_name,
+        evaluation_note=gallery.note if gallery else None,
         hyperparameters=hyperparameters(model_args, trainer, towers, lora_config, trainable, total),
         base_model=base,
         modalities=("text", *modalities),
@@ -266,13 +277,14 @@ def chosen_towers(towers, modalities, captioning, config):
 # ------------------------------------------------------------------------------------------------ model, processor, task
 
 
-def task_parts(captioning, processor, held_out, modalities, data_args, training_args):
-    """What differs between the tasks: the held-out evaluation (`evaluate(model) -> metrics`: retrieval recall, or
-    BLEU/CIDEr-D of generated captions), the training collator, and the card's task."""
+def task_parts(captioning, processor, held_out, modalities, data_args, training_args, gallery=None):
+    """What differs between the tasks: the held-out evaluation (`evaluate(model) -> metrics`: retrieval recall, none
+    when the `RetrievalGallery` is too small to measure on, or BLEU/CIDEr-D of generated captions), the training
+    collator, and the card's task."""
     batch_size = training_args.per_device_eval_batch_size
     if not captioning:
         evaluate = partial(retrieval_metrics, processor=processor, dataset=held_out, modalities=modalities,
-                           batch_size=batch_size)  # fmt: skip
+                           batch_size=batch_size) if gallery.measured else not_measured  # fmt: skip
         task_type = "zero-shot-image-classification" if "image" in modalities else "zero-shot-audio-classification"
         return evaluate, ContrastiveCollator(processor, modalities), task_type
     modality = modalities[0]
@@ -281,6 +293,10 @@ def task_parts(captioning, processor, held_out, modalities, data_args, training_
     evaluate = partial(caption_scores, processor=processor, rows=rows, references=reference_captions(rows, held_out),
                        modality=modality, batch_size=batch_size, generate_kwargs=generate_kwargs)  # fmt: skip
     return evaluate, CaptioningCollator(processor, modality), PIPELINE_TASKS[modality]
+
+
+def not_measured(model):
+    return {}
 
 
 def load_base_model(path, captioning):

@@ -277,17 +277,24 @@ def _open(path, index: int) -> PIL.Image.Image:
 
 
 def _pil_to_rgb(image: PIL.Image.Image, index: int) -> PIL.Image.Image:
+    if 0 in image.size:
+        raise ValueError(f"Image {index} is {image.width}x{image.height} (width x height): it has no pixels.")
     if image.mode == "RGB" and "transparency" not in image.info:
         return image
     if image.mode in _ALPHA_MODES or "transparency" in image.info:
         # Transparent pixels have no colour of their own; white is what viewers and web pages show behind them,
         # whereas a plain convert("RGB") would expose whatever (often black) values the transparent pixels hold.
-        return _composite_on_white(image.convert("RGBA"))
+        # PIL converts premultiplied "La" to "LA" only.
+        return _composite_on_white(_convert(image, "LA" if image.mode == "La" else "RGBA", index))
     if image.mode.startswith("I") or image.mode == "F":
         # 16/32-bit integer and float greyscale: PIL's own convert("L") clips at 255, so scale in numpy instead.
         return PIL.Image.fromarray(_to_uint8(np.asarray(image), index)).convert("RGB")
+    return _convert(image, "RGB", index)  # L, 1, P, CMYK, YCbCr, ...
+
+
+def _convert(image: PIL.Image.Image, mode: str, index: int) -> PIL.Image.Image:
     try:
-        return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, ...
+        return image.convert(mode)
     except Exception as err:
         raise ValueError(f"Image {index} has PIL mode {image.mode!r}, which cannot be converted to RGB: {err}") from err
 

@@ -40,6 +40,10 @@ def test_base_preset_is_vit_b16_class():
         (lambda: MMConfig(loss_type="triplet"), ["loss_type", "triplet", "clip", "siglip"]),
         (lambda: MMConfig(attn_implementation="fast"), ["attn_implementation", "fast", "sdpa"]),
         (lambda: MMConfig.from_preset("huge"), ["huge", "tiny", "small", "base"]),
+        (lambda: MMVisionConfig(image_size=32.0, patch_size=8), ["MMVisionConfig.image_size", "integer", "32.0"]),
+        (lambda: MMConfig.from_preset("tiny", text_config={"hidden_size": 32.0}), ["hidden_size", "32.0"]),
+        (lambda: MMConfig(projection_dim=64.0), ["projection_dim", "64.0"]),
+        (lambda: MMAudioConfig(hidden_act="swishy"), ["MMAudioConfig.hidden_act", "swishy", "gelu"]),
     ],
 )
 def test_impossible_values_name_field_value_and_choices(build, words):

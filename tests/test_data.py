@@ -231,7 +231,7 @@ def test_unreadable_rows_are_skipped_and_counted(tmp_path, caplog, streaming):
     _write_files(tmp_path / "validation", 1)
     captions = ["fine"] * 8
     captions[6] = "  "
-    for split, split_captions in (("train", captions), ("validation", ["fine"])):
+    for split, split_captions in (("train", captions), ("validation", ["held out"])):
         (tmp_path / split / "metadata.jsonl").write_text("".join(
             json.dumps({"file_name": f"{i}.png", "audio": f"{i}.wav", "caption": caption}) + "\n"
             for i, caption in enumerate(split_captions)
@@ -243,3 +243,79 @@ def test_unreadable_rows_are_skipped_and_counted(tmp_path, caplog, streaming):
     assert "skipped 3 of 8 rows" in caplog.text
     for reason in ("row 1: unreadable image", "row 4: unreadable audio", "row 6: empty caption"):
         assert reason in caplog.text
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_rows_with_non_finite_values_are_skipped_and_an_all_bad_split_is_an_error(tmp_path, caplog, streaming):
+    """A float WAV or TIFF that decodes but holds NaN/inf is a bad row like an unreadable one, found before training
+    rather than by the feature extractor mid-run; when no row is left, the error says so with the reasons."""
+    _write_files(tmp_path / "train", 4)
+    _write_files(tmp_path / "validation", 1)
+    sf.write(tmp_path / "train" / "2.wav", np.full(1600, np.nan, np.float32), SAMPLING_RATE, subtype="FLOAT")
+    Image.fromarray(np.full((8, 8), np.inf, np.float32)).save(tmp_path / "train" / "3.tif")  # PIL mode "F"
+
+    def write(captions):
+        for split, count in (("train", 4), ("validation", 1)):
+            (tmp_path / split / "metadata.jsonl").write_text("".join(
+                json.dumps({"image": f"{i}.{'tif' if i == 3 else 'png'}", "audio": f"{i}.wav", "caption": captions[i]})
+                + "\n" for i in range(count)
+            ))  # fmt: skip
+        return load_user_dataset(str(tmp_path), streaming=streaming)["train"]
+
+    train = write([f"item {i}" for i in range(4)])
+    with caplog.at_level(logging.WARNING):
+        kept = list(filter_unreadable(train))  # a stream is checked as it is read
+    assert [row["caption"] for row in kept] == ["item 0", "item 1"]
+    assert "skipped 2 of 4 rows" in caplog.text
+    assert "row 2: audio" in caplog.text and "2.wav' holds NaN or infinite values" in caplog.text
+    assert "row 3: image" in caplog.text and "3.tif' holds NaN or infinite values" in caplog.text
+
+    blank = write([" "] * 4)
+    with pytest.raises(ValueError, match=r"all 4 rows unreadable.*row 0: empty caption ' '"):
+        list(filter_unreadable(blank))
+
+
+def test_empty_tables_and_a_numeric_caption_column_name_the_file_and_the_column(tmp_path):
+    _write_files(tmp_path, 2)
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "header.csv").write_text("file_name,caption\n\n")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    empty = {"empty.csv": "is empty", "header.csv": "holds only a header line", "empty.jsonl": "is empty"}
+    for name, what in empty.items():
+        with pytest.raises(ValueError, match=rf"{tmp_path / name} {what}: it has no rows"):
+            load_user_dataset(str(tmp_path / name))
+    (tmp_path / "numbers.csv").write_text("file_name,caption,text\n0.png,7,zero\n1.png,8,one\n")
+    with pytest.raises(ValueError, match=r"Column 'caption' of .*numbers.csv.* holds int64 values, not text"):
+        load_user_dataset(str(tmp_path / "numbers.csv"))
+    assert load_user_dataset(str(tmp_path / "numbers.csv"), caption_column="text")["train"][0]["caption"] == "one"
+
+
+def test_held_out_rows_that_are_also_in_train_are_dropped_with_a_count(tmp_path, caplog):
+    """A test row with a training row's caption and image (same bytes, even under another file name) measures memory:
+    it is dropped from test, and the log counts it. The same image with another caption is a different row."""
+    _write_files(tmp_path / "train", 4)
+    _write_files(tmp_path / "test", 3)  # the same files as train's first three
+    (tmp_path / "test" / "copy.png").write_bytes((tmp_path / "train" / "3.png").read_bytes())
+    train = [{"file_name": f"{i}.png", "caption": f"picture {i}"} for i in range(4)]
+    test = [
+        {"file_name": "0.png", "caption": "picture 0"},  # a training row, its file copied into test/
+        {"file_name": "1.png", "caption": "picture 1"},  # another
+        {"file_name": "2.png", "caption": "another caption"},  # a training image, but described otherwise
+        {"file_name": "copy.png", "caption": "picture 3"},  # a training row's image under another name
+    ]
+    for split, rows in (("train", train), ("test", test)):
+        (tmp_path / split / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with caplog.at_level(logging.WARNING):
+        splits = load_user_dataset(str(tmp_path))
+    assert splits["test"]["caption"] == ["another caption"]
+    assert "test: dropped 3 of 4 rows that are also in train" in caplog.text
+
+
+@pytest.mark.parametrize("rows, validation", [(40, 2), (600, 100), (2600, 130)])
+def test_a_validation_split_is_carved_from_train_by_its_size(tmp_path, rows, validation):
+    """5% of the rows, at least one; at least a gallery of 100 when that leaves 80% to train on."""
+    _write_files(tmp_path, 1)
+    table = "".join(json.dumps({"image": "0.png", "caption": f"picture {i}"}) + "\n" for i in range(rows))
+    (tmp_path / "pairs.jsonl").write_text(table)
+    splits = load_user_dataset(str(tmp_path / "pairs.jsonl"))
+    assert (len(splits["train"]), len(splits["validation"])) == (rows - validation, validation)

@@ -95,8 +95,20 @@ def test_unknown_hub_dataset_is_a_clear_error(scenes, hub_server):
 def test_run_clip_trains_on_a_hub_dataset(scenes, hub_server, tmp_path):
     output_dir = tmp_path / "out"
     tiny = ["--preset", "tiny", *TINY_RUN, "--per_device_train_batch_size", "4"]  # 2 batches of the 8 train rows
+    tiny += ["--min_retrieval_gallery", "4"]  # the 4 validation rows: measured here to test the path, not the model
     metrics = run_clip.main([*tiny, "--dataset_name", REPO_ID, "--output_dir", str(output_dir)])
     assert np.isfinite(metrics["train_loss"])
     assert "recall@1 image->text" in metrics and "recall@1 audio->text" not in metrics
     assert ModelCard.load(output_dir / "README.md").data.datasets == [REPO_ID]
     _assert_read_from_hub(hub_server)
+
+
+def test_a_streamed_hub_dataset_without_validation_split_is_split_by_its_size(hub_server):
+    """A stream has no length, so its validation split is sized from a count of its rows (5%, at least one), not a
+    fixed 1000 that would leave a small stream nothing to train on; one row cannot be split, and says so."""
+    DatasetDict(train=_split(8, seed=0)).push_to_hub("mm-org/train-only")
+    splits = load_user_dataset("mm-org/train-only", streaming=True)
+    assert [len(list(splits[name])) for name in ("train", "validation")] == [7, 1]
+    DatasetDict(train=_split(1, seed=0)).push_to_hub("mm-org/one-row")
+    with pytest.raises(ValueError, match="streamed train split has 1 row.*too small to split"):
+        load_user_dataset("mm-org/one-row", streaming=True)

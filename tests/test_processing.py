@@ -96,8 +96,13 @@ def test_transparent_pixels_become_white(image_processor):
     palette.putpalette([0, 255, 0, 0, 0, 0])
     palette.info["transparency"] = 1  # palette index 1 (black) is transparent
     rgba_array = np.zeros((16, 16, 4), dtype=np.uint8)  # transparent black as a numpy array
-    rgb = rgb_of(image_processor([clear, grey_alpha, palette, rgba_array])["pixel_values"])
+    premultiplied_grey_alpha = Image.new("LA", (16, 16), (0, 0)).convert("La")  # PIL has no La -> RGBA
+    rgb = rgb_of(image_processor([clear, grey_alpha, palette, rgba_array, premultiplied_grey_alpha])["pixel_values"])
     np.testing.assert_allclose(rgb, 255, atol=0.5)
+    half_grey = Image.new("LA", (16, 16), (100, 128))
+    np.testing.assert_allclose(  # half-transparent grey 100 on white, premultiplied or not
+        rgb_of(image_processor([half_grey, half_grey.convert("La")])["pixel_values"])[:, :, 0, 0], 177, atol=1.5
+    )
     half = rgb_of(image_processor(half_red)["pixel_values"])[0, :, 0, 0]
     np.testing.assert_allclose(half, [255, 127, 127], atol=1.5)
 
@@ -154,6 +159,8 @@ def test_bad_image_arrays_name_the_input(image_processor):
         image_processor([np.zeros((8, 8, 3), np.uint8), np.zeros((5, 6, 7), np.uint8)])
     with pytest.raises(ValueError, match="Image 0 contains NaN"):
         image_processor(np.full((8, 8, 3), np.nan, np.float32))
+    with pytest.raises(ValueError, match=r"Image 1 is 0x0 \(width x height\): it has no pixels"):
+        image_processor([Image.new("RGB", (8, 8)), Image.new("RGB", (0, 0))])
     with pytest.raises(ValueError, match="Image 0 is a int; expected a PIL image"):
         image_processor(12)  # not an image at all
     with pytest.raises(ValueError, match="crop_size .* is larger than size"):

@@ -13,15 +13,17 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from testers import NUM_TRAIN, TINY_RUN, run_clean, tiny_processor, tiny_tokenizer
+from testers import NUM_EVAL, NUM_TRAIN, TINY_RUN, run_clean, tiny_processor, tiny_tokenizer
 from training_mm.collators import ContrastiveCollator, group_ids
 from training_mm.retrieval import recall_at_k
 from training_mm.synthetic_data import write_folder
 
 import run_clip
 
-# The built-in data these arguments ask for is built once per session by the `builtin_data` fixture (conftest).
-TINY = ["--preset", "tiny", *TINY_RUN, "--learning_rate", "2e-3"]
+# The built-in data these arguments ask for is built once per session by the `builtin_data` fixture (conftest). Its
+# held-out splits are far below the gallery retrieval is reported on by default (MIN_GALLERY); these runs measure
+# recall@k anyway, to check the measuring and reporting path.
+TINY = ["--preset", "tiny", *TINY_RUN, "--learning_rate", "2e-3", "--min_retrieval_gallery", "1"]
 DIRECTIONS = ("image->text", "text->image", "audio->text", "text->audio")
 
 
@@ -100,12 +102,30 @@ def test_builtin_run_reports_recall_and_writes_a_hub_folder(trained, builtin_dat
     reported = {result.metric_name: result.metric_value for result in card.data.eval_results}
     assert reported == pytest.approx({name: value for name, value in metrics.items() if name.startswith("recall@")})
     assert "synthetic" in card.text.lower()
+    distinct = len(set(builtin_data["test"]["label"]))  # scenes repeat: fewer than the NUM_EVAL rows
+    assert f"Retrieval on the held-out `test` split: a gallery of {distinct} distinct items ({NUM_EVAL} rows)" in (
+        card.text
+    )
 
     # As transformers' examples: the run's figures in train/eval/all_results.json, every card figure among them.
     results = {split: json.loads((output_dir / f"{split}_results.json").read_text()) for split in ("train", "eval", "all")}
     assert results["eval"] == pytest.approx({**reported, "eval_loss": metrics["eval_loss"]})
     assert results["train"]["train_loss"] == pytest.approx(metrics["train_loss"]) and results["train"]["train_runtime"] > 0
     assert results["all"] == {**results["train"], **results["eval"]}
+
+
+def test_retrieval_on_a_small_gallery_is_neither_reported_nor_published(builtin_data, tmp_path, caplog):
+    """recall@k over a few dozen items is noise: below --min_retrieval_gallery (default 100 distinct items) the run
+    measures nothing, and the log and the card say so with the gallery's size."""
+    distinct = len(set(builtin_data["test"]["label"]))
+    args = [*TINY[:-2], "--max_steps", "1", "--output_dir", str(tmp_path / "out")]
+    with caplog.at_level("WARNING"):
+        metrics = run_clip.main(args)
+    assert not [name for name in metrics if "recall@" in name]
+    note = f"Retrieval not measured: {distinct} items ({NUM_EVAL} rows) in the held-out `test` split, fewer than 100"
+    assert note in caplog.text
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert note in card.text and not card.data.eval_results
 
 
 def test_existing_output_folder_is_never_overwritten_without_the_flag(trained):

@@ -131,3 +131,30 @@ def require_espeak():
             "espeak-ng is not installed, so the built-in data has no audio. Run `bash scripts/install.sh` "
             "(or `apt-get install espeak-ng`)."
         )
+
+
+def make_untrusted(folder, other_repo="attacker/payload"):
+    """Turns a saved mm checkpoint into one whose code must never run: every remote-code file raises when imported,
+    the processor's and tokenizer's `auto_map` entries name `other_repo`'s code instead of the folder's, and the
+    tokenizer's also claims an `AutoTokenizer` there. Returns `folder`."""
+    import json
+
+    folder = Path(folder)
+    for code in folder.glob("*.py"):
+        code.write_text(f"raise RuntimeError('the checkpoint\\'s code ran: {code.name}')\n")
+
+    def elsewhere(value):
+        if isinstance(value, dict):
+            return {key: elsewhere(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [elsewhere(item) for item in value]
+        return f"{other_repo}--{value}" if isinstance(value, str) else value
+
+    for name in ("processor_config.json", "tokenizer_config.json"):
+        settings = json.loads((folder / name).read_text())
+        settings["auto_map"] = elsewhere({**settings.get("auto_map", {}), "AutoTokenizer": ["tokenization_x.X", None]})
+        for part in ("image_processor", "feature_extractor"):
+            if isinstance(settings.get(part), dict) and "auto_map" in settings[part]:
+                settings[part]["auto_map"] = elsewhere(settings[part]["auto_map"])
+        (folder / name).write_text(json.dumps(settings))
+    return folder

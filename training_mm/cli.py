@@ -21,6 +21,7 @@ from transformers import AutoTokenizer, TrainingArguments
 from transformers.integrations import INTEGRATION_TO_CALLBACK
 from transformers.trainer_utils import get_last_checkpoint
 
+from configuration_mm import MMConfig
 from processing_mm import MMFeatureExtractor, MMImageProcessor, MMProcessor, train_tokenizer
 
 from .argument_files import expand_argument_file
@@ -370,15 +371,19 @@ def image_size_of(vision_config):
 
 
 def load_processor(path, config=None, tokenizer_name=None):
-    """A checkpoint's processor, built from this package's classes, so a checkpoint's own copies of them (remote code)
-    are never executed. (`MMProcessor.from_pretrained` loads its image processor and feature extractor through the
-    Auto classes, and `AutoTokenizer` without `config` loads the model's config through `AutoConfig`: all of them ask
-    for trust_remote_code, because the saved folder names its classes as remote code for consumers without the
-    package; pass the model's `config` to avoid that.)"""
+    """An mm checkpoint's processor, built from this package's classes, so none of the checkpoint's code runs.
+
+    The saved folder names its classes as remote code (`auto_map`, for consumers without the package), so
+    `MMProcessor.from_pretrained` and `AutoTokenizer` without a config would ask to run the checkpoint's files, or
+    those of any repo its `auto_map` names. Here the image processor and feature extractor are this package's classes,
+    and the tokenizer is a transformers class resolved from `config` (default: `MMConfig.from_pretrained(path)`) with
+    `trust_remote_code=False`; `tokenizer_name` replaces the checkpoint's tokenizer."""
+    if tokenizer_name is None and config is None:
+        config = MMConfig.from_pretrained(path)
     return MMProcessor(
         image_processor=MMImageProcessor.from_pretrained(path),
         feature_extractor=MMFeatureExtractor.from_pretrained(path),
-        tokenizer=AutoTokenizer.from_pretrained(tokenizer_name or path, config=config),
+        tokenizer=AutoTokenizer.from_pretrained(tokenizer_name or path, config=config, trust_remote_code=False),
     )
 
 
@@ -389,7 +394,7 @@ def new_processor(towers, train_split, tokenizer_source=None, image_kwargs=None)
     with the text tower's vocabulary size; texts are cut to the text tower's positions."""
     max_text_length = getattr(towers["text"], "max_position_embeddings", 512)
     if tokenizer_source:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=False)
         # Longer texts would index past the text tower's position table.
         tokenizer.model_max_length = min(tokenizer.model_max_length, max_text_length)
     else:

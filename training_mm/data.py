@@ -11,11 +11,13 @@ every row through `Audio.encode_example`, which imports torchcodec), so there th
 plain struct `AUDIO_STRUCT`; its values are the same `{"bytes", "path"}` dicts.
 """
 
+import hashlib
 import io
 import logging
 import math
 import os
 from functools import partial
+from itertools import islice
 from pathlib import Path
 
 import datasets
@@ -49,8 +51,11 @@ SPLIT_NAMES = {
     "test": "test",
 }
 
-# When a source has no validation split, this share of `train` (at least 1 row, at most the cap) becomes one.
+# When a source has no validation split, this share of `train` becomes one: at least 1 row, at least
+# MIN_VALIDATION_ROWS (a gallery retrieval reports on, see training_mm.retrieval) when that leaves 80% of the rows
+# for training, at most MAX_VALIDATION_ROWS.
 VALIDATION_FRACTION = 0.05
+MIN_VALIDATION_ROWS = 100
 MAX_VALIDATION_ROWS = 1000
 
 MAX_REASONS_LOGGED = 5
@@ -138,9 +143,12 @@ def load_user_dataset(
 
     `image_column`/`audio_column` default to `image`/`audio` when those columns exist; at least one must.
     The result keeps only `image`, `caption` and `audio`, under those names. A source without a validation
-    split gets one: 5% of `train` (at least 1, at most 1000 rows), drawn with a fixed seed; when streaming,
-    the first 1000 rows of `train`. Local sources are read into memory-mapped Arrow files either way;
-    `streaming=True` then wraps them as `IterableDataset`s, and streams Hub datasets.
+    split gets one: 5% of `train` (at least 1 row, at least 100 when that leaves 80% for training, at most
+    1000), drawn with a fixed seed; from a Hub stream, its first rows, sized the same way from a count of the
+    stream (up to the 20,000 rows where the cap is reached); a stream of fewer than 2 rows is an error. Rows of
+    `validation`/`test` that are also in `train` (same caption, image and audio content) are dropped from the
+    held-out split with a warning (`drop_shared_rows`). Local sources are read into memory-mapped Arrow files
+    either way; `streaming=True` then wraps them as `IterableDataset`s, and streams Hub datasets.
 
     >>> splits = load_user_dataset("my_photos/", caption_column="text")  # doctest: +SKIP
     >>> splits["train"].column_names  # doctest: +SKIP
@@ -167,6 +175,7 @@ def load_user_dataset(
         for name, split in splits.items()
     }
     splits = _with_validation_split(splits)
+    splits = drop_shared_rows(splits)
     if streaming and not isinstance(splits["train"], IterableDataset):
         splits = {name: _to_iterable(split) for name, split in splits.items()}
     return IterableDatasetDict(splits) if streaming else DatasetDict(splits)
@@ -198,6 +207,7 @@ def _load_table(table):
     loader = TABLE_LOADERS.get(table.suffix.lower())
     if loader is None:
         raise ValueError(f"Cannot read {table}: expected one of {sorted(TABLE_LOADERS)}, or a folder.")
+    _check_has_rows(table, header_lines=1 if loader == "csv" else 0)
     dataset = datasets.load_dataset(loader, data_files=str(table), split="train")
     dataset = dataset.rename_columns(_file_name_columns(dataset, table))
     path_columns = [name for name, feature in dataset.features.items() if _holds_paths(dataset, name, feature)]
@@ -212,6 +222,15 @@ def _load_table(table):
         return {name: [_resolve(base_dir, value) for value in batch[name]] for name in path_columns}
 
     return dataset.map(absolute_paths, batched=True, desc=f"Resolving paths in {table.name}")
+
+
+def _check_has_rows(table, header_lines):
+    """Fails, naming the file, when a table has no data rows (`datasets` would fail with an error that does not)."""
+    with open(table, encoding="utf-8", errors="replace") as lines:
+        non_blank = sum(1 for _ in islice((line for line in lines if line.strip()), header_lines + 1))
+    if non_blank <= header_lines:
+        what = "is empty" if non_blank == 0 else "holds only a header line"
+        raise ValueError(f"{table} {what}: it has no rows. Add a row per image/audio file with its caption.")
 
 
 def _file_name_columns(dataset, table):
@@ -282,6 +301,12 @@ def _pick_columns(split, source, image_column, caption_column, audio_column):
             f"{source} has no image or audio column; its columns are {columns}. "
             "Pass --image_column and/or --audio_column."
         )
+    caption_type = (split.features or {}).get(caption_column)
+    if isinstance(caption_type, Value) and caption_type.dtype not in ("string", "large_string"):
+        raise ValueError(
+            f"Column {caption_column!r} of {source} holds {caption_type.dtype} values, not text captions; its "
+            f"columns are {columns}. Pass --caption_column with the column of captions."
+        )
     return roles
 
 
@@ -298,18 +323,92 @@ def _canonical_columns(split, roles):
 
 
 def _with_validation_split(splits):
-    """Carve a deterministic validation split off `train` when the source has none (sizes: module constants)."""
+    """Carve a deterministic validation split off `train` when the source has none (sizes: `_validation_rows`)."""
     if "validation" in splits or "train" not in splits:
         return splits
     train = splits["train"]
     if isinstance(train, IterableDataset):
-        return {**splits, "train": train.skip(MAX_VALIDATION_ROWS), "validation": train.take(MAX_VALIDATION_ROWS)}
+        # A stream has no length: count it as far as the size depends on it, reading captions only.
+        counted = sum(1 for _ in islice(train.select_columns(["caption"]), _STREAM_ROWS_COUNTED))
+        if counted < 2:
+            raise ValueError(
+                f"The streamed train split has {counted} row(s): too small to split into train and validation. Give "
+                "the dataset a validation split or more rows, or load it without --streaming."
+            )
+        size = _validation_rows(counted)
+        logger.info("Validation split: the first %d rows of the stream (it has %s rows).", size,
+                    counted if counted < _STREAM_ROWS_COUNTED else f"at least {counted}")  # fmt: skip
+        return {**splits, "train": train.skip(size), "validation": train.take(size)}
     if len(train) < 2:
         logger.warning("train has %d row(s): too few to carve a validation split from; none made.", len(train))
         return splits
-    size = min(MAX_VALIDATION_ROWS, max(1, round(VALIDATION_FRACTION * len(train))))
-    carved = train.train_test_split(test_size=size, seed=0)
+    carved = train.train_test_split(test_size=_validation_rows(len(train)), seed=0)
     return {**splits, "train": carved["train"], "validation": carved["test"]}
+
+
+def _validation_rows(num_rows):
+    """How many of `num_rows` training rows become the validation split (see the constants at the top)."""
+    floor = MIN_VALIDATION_ROWS if num_rows >= 5 * MIN_VALIDATION_ROWS else 1
+    return min(MAX_VALIDATION_ROWS, max(floor, round(VALIDATION_FRACTION * num_rows)))
+
+
+# Beyond this many rows, a stream's validation split has MAX_VALIDATION_ROWS whatever its length.
+_STREAM_ROWS_COUNTED = round(MAX_VALIDATION_ROWS / VALIDATION_FRACTION)
+
+
+def drop_shared_rows(splits, held_out=("validation", "test")):
+    """Drop the rows of the `held_out` splits that are also in `train` (same caption, and the same bytes in the image
+    and audio files, wherever they lie), with a warning that counts them: a held-out row the model trained on
+    measures memory, not generalisation. Splits that are streams are returned as they are (not checked)."""
+    if not isinstance(splits.get("train"), datasets.Dataset):
+        if any(name in splits for name in held_out):
+            logger.info("Streamed data: held-out rows are not compared with train for rows they share.")
+        return splits
+    checked = [name for name in held_out if isinstance(splits.get(name), datasets.Dataset)]
+    if not checked:
+        return splits
+    seen = set(_row_fingerprints(splits["train"], "train"))
+    splits = dict(splits)
+    for name in checked:
+        fingerprints = _row_fingerprints(splits[name], name)
+        shared = {index for index, fingerprint in enumerate(fingerprints) if fingerprint in seen}
+        if shared:
+            logger.warning(
+                "%s: dropped %d of %d rows that are also in train (same caption, image and audio), so that they "
+                "are not measured as held out%s.", name, len(shared), len(fingerprints),
+                "; nothing is left, so the split is left out" if len(shared) == len(fingerprints) else "",
+            )  # fmt: skip
+            kept = [index for index in range(len(fingerprints)) if index not in shared]
+            if kept:
+                splits[name] = splits[name].select(kept)
+            else:
+                del splits[name]
+    return splits
+
+
+def _row_fingerprints(dataset, name):
+    """A digest of each row's caption and media contents (a file's bytes, not its path)."""
+    columns = [column for column in ("caption", "image", "audio") if column in dataset.column_names]
+    rows = _undecoded(dataset.select_columns(columns), "image", "audio")
+    fingerprints = []
+    for row in hf_tqdm(rows, total=len(dataset), desc=f"Comparing {name} with train", unit=" rows"):
+        digest = hashlib.blake2b(str(row["caption"]).encode(), digest_size=16)
+        for column in columns[1:]:
+            digest.update(b"\0" + _media_bytes(row[column]))
+        fingerprints.append(digest.digest())
+    return fingerprints
+
+
+def _media_bytes(value):
+    """The bytes of an undecoded image/audio value; a file that cannot be read stands for itself by its path."""
+    if not isinstance(value, dict):
+        return repr(value).encode()
+    if value.get("bytes"):
+        return value["bytes"]
+    try:
+        return Path(value["path"]).read_bytes()
+    except (OSError, TypeError):
+        return repr(value.get("path")).encode()
 
 
 def _to_iterable(split):
@@ -322,9 +421,11 @@ def _to_iterable(split):
 
 
 def filter_unreadable(dataset, image_column="image", audio_column="audio", caption_column="caption"):
-    """Drop rows whose image or audio cannot be decoded or whose caption is empty, and say so in the log.
+    """Drop rows whose image or audio cannot be decoded, is empty or holds non-finite values, or whose caption is
+    empty, and say so in the log.
 
-    Logs `skipped N of M rows: <first reasons>` as a warning. Pass `None` for a column to not check it; a
+    Logs `skipped N of M rows: <first reasons>` as a warning; raises `ValueError` ("all N rows unreadable: <first
+    reasons>") when no row is left. Pass `None` for a column to not check it; a
     column the dataset lacks is not checked either. A `Dataset` is checked now; an `IterableDataset` as it
     is read, with a warning every 10,000 rows that found bad ones and one at the end of each pass.
 
@@ -348,7 +449,10 @@ def filter_unreadable(dataset, image_column="image", audio_column="audio", capti
     rows = hf_tqdm(rows, total=len(dataset), desc="Checking for unreadable rows", unit=" rows")
     reasons = {index: reason for index, reason in enumerate(map(problem, rows)) if reason}
     if reasons:
-        _log_skipped(len(reasons), len(dataset), [f"row {index}: {reason}" for index, reason in reasons.items()])
+        described = [f"row {index}: {reason}" for index, reason in reasons.items()]
+        if len(reasons) == len(dataset):
+            raise ValueError(_all_unreadable(len(dataset), described))
+        _log_skipped(len(reasons), len(dataset), described)
         dataset = dataset.select([index for index in range(len(dataset)) if index not in reasons])
     return dataset
 
@@ -364,7 +468,8 @@ def _undecoded(dataset, image_column, audio_column):
 
 
 def _readable_rows(rows, problem):
-    """Yield the readable rows of a stream, warning periodically and at the end about the skipped ones."""
+    """Yield the readable rows of a stream, warning periodically and at the end about the skipped ones; a pass that
+    found none readable is an error."""
     seen, reasons, logged = 0, [], 0
     for seen, row in enumerate(rows, start=1):
         reason = problem(row)
@@ -375,13 +480,25 @@ def _readable_rows(rows, problem):
         if seen % STREAMING_LOG_EVERY == 0 and len(reasons) > logged:
             _log_skipped(len(reasons), seen, reasons, so_far=True)
             logged = len(reasons)
+    if reasons and len(reasons) == seen:
+        raise ValueError(_all_unreadable(seen, reasons))
     if reasons:
         _log_skipped(len(reasons), seen, reasons)
 
 
 def _log_skipped(skipped, total, reasons, so_far=False):
-    shown = "; ".join(reasons[:MAX_REASONS_LOGGED]) + ("; ..." if len(reasons) > MAX_REASONS_LOGGED else "")
-    logger.warning("skipped %d of %d rows%s: %s", skipped, total, " so far" if so_far else "", shown)
+    logger.warning("skipped %d of %d rows%s: %s", skipped, total, " so far" if so_far else "", _first(reasons))
+
+
+def _all_unreadable(total, reasons):
+    return (
+        f"all {total} rows unreadable, so there is nothing to train or measure on: {_first(reasons)}. Check the "
+        "files the image/audio columns name and the caption column (--caption_column)."
+    )
+
+
+def _first(reasons):
+    return "; ".join(reasons[:MAX_REASONS_LOGGED]) + ("; ..." if len(reasons) > MAX_REASONS_LOGGED else "")
 
 
 def _problem(row, *, image_column, audio_column, caption_column):
@@ -392,15 +509,23 @@ def _problem(row, *, image_column, audio_column, caption_column):
     # whatever it is, the row is unreadable and the reason says why.
     if image_column:
         try:
-            _open_image(row[image_column]).load()
+            image = _open_image(row[image_column])
+            image.load()
         except Exception as err:
             return f"unreadable image {_describe(row[image_column])}: {err}"
+        if 0 in image.size:
+            return f"empty image {_describe(row[image_column])} ({image.width}x{image.height})"
+        if image.mode == "F" and not np.isfinite(np.asarray(image)).all():  # PIL's only floating-point mode
+            return f"image {_describe(row[image_column])} holds NaN or infinite values"
     if audio_column:
         try:
-            if decode_audio(row[audio_column])[0].size == 0:
-                return f"empty audio {_describe(row[audio_column])}"
+            wave = decode_audio(row[audio_column])[0]
         except Exception as err:
             return f"unreadable audio {_describe(row[audio_column])}: {err}"
+        if wave.size == 0:
+            return f"empty audio {_describe(row[audio_column])}"
+        if not np.isfinite(wave).all():
+            return f"audio {_describe(row[audio_column])} holds NaN or infinite values"
     return None
 
 

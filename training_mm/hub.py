@@ -130,6 +130,7 @@ def write_model_card(
     modalities=MODALITIES,
     license="apache-2.0",
     dataset_split=None,
+    evaluation_note=None,
     repo_id=None,
     template_path=None,
 ):
@@ -151,6 +152,8 @@ def write_model_card(
         library_name, pipeline_tag: default to "transformers" ("peft" for adapters) and `task_type`.
         modalities: the towers the checkpoint has, each tagged.
         dataset_split: the split the metrics were measured on, if any.
+        evaluation_note: a sentence on what the evaluation measured on, or why it did not (e.g. the retrieval
+            gallery's size, `training_mm.retrieval.RetrievalGallery.note`), shown above the results.
         repo_id: the Hub id used in the card's code snippets (defaults to `model_name`).
         template_path: a card template to use instead of the repository's `model_card.md`.
     """
@@ -211,6 +214,7 @@ def write_model_card(
         dataset_name=dataset_name,
         dataset_type=dataset_type,
         dataset_split=dataset_split,
+        evaluation_note=evaluation_note,
         summary_rows=_rows(model_description),
         hyperparameter_rows=_rows(hyperparameters or {}),
         metric_rows=[(_cell(name), f"{value:.6g}") for name, value in metrics.items()],

@@ -5,6 +5,9 @@ repeat (several images share a scene, a caption may be worded the same way twice
 all those with its key, the `label` column when the split has one, else the caption itself: a hit at k is any of
 the k nearest gallery items sharing the query's key (as in CLIP-style retrieval with multiple references).
 
+Recall@k over a handful of items is noise (on a two-item gallery, recall@1 = 1.000 by chance half the time), so the
+examples report and publish retrieval only on a gallery of at least `MIN_GALLERY` distinct items (`RetrievalGallery`).
+
 Example:
 ```python
 >>> from training_mm.retrieval import retrieval_metrics
@@ -12,6 +15,8 @@ Example:
 {'recall@1 image->text': 0.41, 'recall@5 image->text': 0.83, ..., 'recall@10 text->audio': 0.9}
 ```
 """
+
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -23,6 +28,48 @@ RECALL_AT = (1, 5, 10)
 DIRECTIONS = (("image", "text"), ("text", "image"), ("audio", "text"), ("text", "audio"))
 # Queries scored per matrix product, so a 100k-item split needs (chunk x gallery) floats at a time, not (N x N).
 QUERY_CHUNK = 1024
+# The fewest distinct items (keys) a gallery needs for recall@k to be reported: chance recall@10 is then 10% at most.
+MIN_GALLERY = 100
+
+
+@dataclass
+class RetrievalGallery:
+    """The held-out split retrieval is measured on: its name, `rows`, `distinct` items (keys), and whether it is large
+    enough to be `measured` (at least `min_gallery` distinct items); `note` says so in a sentence, for the log and the
+    model card.
+
+    >>> RetrievalGallery.of(splits["validation"], "validation", min_gallery=100).note  # doctest: +SKIP
+    'Retrieval not measured: 12 items in the held-out `validation` split, fewer than 100, the distinct items ...'
+    """
+
+    split_name: str
+    rows: int
+    distinct: int
+    min_gallery: int
+
+    @classmethod
+    def of(cls, dataset, split_name, min_gallery=MIN_GALLERY, label_column="label"):
+        columns = [column for column in (label_column, "caption") if column in dataset.column_names]
+        keys = [_key(row, label_column) for row in dataset.select_columns(columns)]
+        return cls(split_name, len(keys), len(set(keys)), min_gallery)
+
+    @property
+    def measured(self):
+        return self.distinct >= self.min_gallery
+
+    @property
+    def note(self):
+        rows = f" ({self.rows} rows)" if self.rows != self.distinct else ""
+        if not self.measured:
+            return (
+                f"Retrieval not measured: {self.distinct} items{rows} in the held-out `{self.split_name}` split, fewer "
+                f"than {self.min_gallery}, the distinct items recall@k needs to mean anything (--min_retrieval_gallery)."
+            )
+        return (
+            f"Retrieval on the held-out `{self.split_name}` split: a gallery of {self.distinct} distinct items{rows}; "
+            "every row is a query, and a hit is a retrieved row with the query's label (its caption where there are "
+            "no labels)."
+        )
 
 
 def metric_name(k, query, gallery):
@@ -55,7 +102,7 @@ def embed_split(model, processor, dataset, modalities, batch_size=64, label_colu
                 outputs = model(**batch)
                 for name in embeds:
                     embeds[name].append(outputs[names[name]].float().cpu())
-                keys += [row.get(label_column) if row.get(label_column) is not None else row["caption"] for row in rows]
+                keys += [_key(row, label_column) for row in rows]
                 progress.update(len(rows))
     finally:
         model.train(was_training)
@@ -100,6 +147,11 @@ def retrieval_metrics(model, processor, dataset, modalities, batch_size=64, labe
             recalls = recall_at_k(embeds[query], embeds[gallery], keys, keys)
             metrics.update({metric_name(k, query, gallery): value for k, value in recalls.items()})
     return metrics
+
+
+def _key(row, label_column):
+    """What makes two items the same for retrieval: the label, else the caption."""
+    return row.get(label_column) if row.get(label_column) is not None else row["caption"]
 
 
 def _chunks(rows, size):
