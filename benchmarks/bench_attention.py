@@ -89,7 +89,7 @@ def predict_bytes(config, length, target, element_size):
     """Peak memory of one forward+backward, from the shapes: per layer, ~24 (B, T, hidden) activations (kept for the
     backward, and their gradients) and the score-sized (B, heads, T, keys) tensors: ~4 for eager attention (scores,
     probabilities, their gradients), ~7 for the blocked variants (also the mask, the masked scores, the gathered
-    keys and values); one layer's worth more on top of what every layer keeps. Measured peaks are 0.3-0.8x this."""
+    keys and values); one layer's worth more on top of what every layer keeps. Measured peaks are 0.3-1.0x this."""
     keys = keys_per_query(config, length)
     score_tensors = 4 if config.attention_type == "full" else 7
     per_layer = element_size * length * (24 * config.hidden_size + score_tensors * config.num_attention_heads * keys)

@@ -26,9 +26,6 @@ Here they are the first `module.config.num_global_tokens` positions of query, ke
 import torch
 from torch import nn
 
-ATTENTION_TYPES = ("full", "local", "block_sparse", "linear")
-
-
 def local_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """Sliding-window attention: |i - j| <= config.attention_window (plus the global tokens)."""
     config = module.config
