@@ -242,12 +242,14 @@ def print_tables(measured, args, lengths):
 
 
 def crossover(measured, target, implementation, lengths):
-    """The shortest measured length from which `implementation` is faster than SDPA at every longer one; SDPA
-    skipped for memory counts as slower."""
+    """The shortest measured length from which `implementation` is faster than SDPA at every longer length where it
+    ran (a run of it skipped for memory says nothing); SDPA skipped for memory counts as slower."""
     first = None
     for length in lengths:
         ours, theirs = measured[target, implementation, length], measured[target, "sdpa", length]
-        faster = isinstance(ours, tuple) and (isinstance(theirs, str) or ours[0] < theirs[0])
+        if isinstance(ours, str):
+            continue
+        faster = isinstance(theirs, str) or ours[0] < theirs[0]
         first = (first or length) if faster else None
     return first or f"not reached (measured up to {lengths[-1]})"
 
