@@ -152,7 +152,7 @@ class MMTowerModel(MMPreTrainedModel):
         super().__init__(config)
         self.encoder = MMEncoder(config)
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.num_global_tokens = getattr(config, "num_global_tokens", 0)
+        self.num_global_tokens = config.num_global_tokens
         if self.num_global_tokens:
             self.global_tokens = nn.Parameter(torch.zeros(1, self.num_global_tokens, config.hidden_size))
 
@@ -168,7 +168,7 @@ class MMTowerModel(MMPreTrainedModel):
             embeddings = torch.cat((self.global_tokens.expand(embeddings.shape[0], -1, -1), embeddings), dim=1)
             if padding_mask is not None:
                 attention_mask = nn.functional.pad(padding_mask, (num_global, 0), value=1)
-        if getattr(self.config, "attention_type", "full") == "full":
+        if self.config.attention_type == "full":
             # The 2-D padding mask becomes what the attention back-end wants (additive 4-D, BlockMask, or None).
             attention_mask = create_bidirectional_mask(
                 config=self.config, inputs_embeds=embeddings, attention_mask=attention_mask
