@@ -15,6 +15,9 @@ if TYPE_CHECKING:  # never executed: see REMOTE_CODE_CLOSURE below
 
 # Attention back-ends the encoders dispatch to through transformers' attention interface.
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
+# What an encoder tower's self-attention computes (modeling_mm_long_attention.py): full softmax attention through the
+# back-end above, or one of the long-input variants. Saved in config.json, unlike attn_implementation.
+ATTENTION_TYPES = ("full", "local", "block_sparse", "linear")
 LOSS_TYPES = ("clip", "siglip")
 MODALITIES = ("text", "image", "audio")
 
@@ -62,6 +65,31 @@ def _check_attn_implementation(config):
         )
 
 
+def _check_attention_type(config):
+    name = type(config).__name__
+    if config.attention_type not in ATTENTION_TYPES:
+        raise ValueError(
+            f"{name}.attention_type must be one of {list(ATTENTION_TYPES)}, got {config.attention_type!r}."
+        )
+    for field in ("attention_window", "attention_block_size"):
+        value = getattr(config, field)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name}.{field} must be a positive integer, got {value!r}.")
+    value = config.num_global_tokens
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name}.num_global_tokens must be an integer >= 0, got {value!r}.")
+    if value and config.attention_type not in ("local", "block_sparse"):
+        raise ValueError(
+            f"{name}.num_global_tokens={value} needs attention_type 'local' or 'block_sparse' (the patterns that "
+            f"global tokens connect), got attention_type={config.attention_type!r}; set num_global_tokens=0."
+        )
+    if config.attention_type == "linear" and config.attention_dropout:
+        raise ValueError(
+            f"{name}.attention_dropout={config.attention_dropout} cannot apply to attention_type='linear', which has "
+            "no attention probabilities to drop; set attention_dropout=0.0 (hidden_dropout still applies)."
+        )
+
+
 def _is_registered_attention(name):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -69,7 +97,16 @@ def _is_registered_attention(name):
 
 
 class _MMEncoderConfig(PreTrainedConfig):
-    """Fields every transformer tower shares; each tower adds its input-specific ones."""
+    """Fields every transformer tower shares; each tower adds its input-specific ones.
+
+    Attention for long inputs (modeling_mm_long_attention.py; the default "full" is plain softmax attention):
+        attention_type (`str`): "full", "local" (sliding window), "block_sparse" (BigBird-like blocks with
+            power-of-two strides) or "linear" (elu + 1 feature map, O(T) memory).
+        attention_window (`int`): for "local", each position attends to those at most this many positions away.
+        attention_block_size (`int`): for "block_sparse", positions per block.
+        num_global_tokens (`int`): for "local" and "block_sparse", learned tokens put in front of the sequence that
+            attend to and are attended by every position; they are left out of the outputs and the pooling.
+    """
 
     def __init__(
         self,
@@ -82,6 +119,10 @@ class _MMEncoderConfig(PreTrainedConfig):
         attention_dropout=0.0,
         hidden_dropout=0.0,
         initializer_range=0.02,
+        attention_type="full",
+        attention_window=128,
+        attention_block_size=64,
+        num_global_tokens=0,
         **kwargs,
     ):
         self.hidden_size = hidden_size
@@ -93,6 +134,10 @@ class _MMEncoderConfig(PreTrainedConfig):
         self.attention_dropout = attention_dropout
         self.hidden_dropout = hidden_dropout
         self.initializer_range = initializer_range
+        self.attention_type = attention_type
+        self.attention_window = attention_window
+        self.attention_block_size = attention_block_size
+        self.num_global_tokens = num_global_tokens
         super().__init__(**kwargs)
         _check_positive_int(self, "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
         _check_activation(self)
@@ -102,6 +147,7 @@ class _MMEncoderConfig(PreTrainedConfig):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{type(self).__name__}.{name} must be in [0, 1), got {value!r}.")
         _check_attn_implementation(self)
+        _check_attention_type(self)
 
 
 class MMTextConfig(_MMEncoderConfig):
@@ -238,6 +284,12 @@ class MMDecoderConfig(MMTextConfig):
             raise ValueError(
                 f"MMDecoderConfig: rotary positions need an even head size, got hidden_size ({self.hidden_size}) / "
                 f"num_attention_heads ({self.num_attention_heads}) = {self.hidden_size // self.num_attention_heads}."
+            )
+        if self.attention_type != "full" or self.num_global_tokens:
+            raise ValueError(
+                f"MMDecoderConfig.attention_type must be 'full' (with num_global_tokens=0), got "
+                f"{self.attention_type!r}: the long-input variants are for the encoder towers (text_config, "
+                "vision_config, audio_config); the caption decoder is causal and cross-attends."
             )
 
 

@@ -48,6 +48,8 @@ from training_mm.cli import (
     trainer_hyperparameters,
 )
 from training_mm.hub import describe_model
+from training_mm.nonfinite_guard import NonFiniteGuardCallback
+from training_mm.safe_loading import from_pretrained_safetensors, refuse_pickled_weights
 
 logger = logging.getLogger("run_captioning")
 
@@ -89,11 +91,11 @@ def main(argv=None):
     transformers.set_seed(training_args.seed)
 
     # 2. Data: splits with `caption` and `image` and/or `audio`; captions are measured on test (else validation).
-    config = (
-        MMConfig.from_pretrained(model_args.model_name_or_path)
-        if model_args.model_name_or_path
-        else MMConfig.from_preset(model_args.preset)
-    )
+    if model_args.model_name_or_path:
+        refuse_pickled_weights(model_args.model_name_or_path, MMForConditionalGeneration)  # before the data loads
+        config = MMConfig.from_pretrained(model_args.model_name_or_path)
+    else:
+        config = MMConfig.from_preset(model_args.preset)
     splits, dataset_name, dataset_type = load_splits(data_args, training_args, image_size_of(config.vision_config))
     train_split, eval_split = splits["train"], splits.get("validation")
     modality = data_args.modality or ("image" if "image" in train_split.column_names else "audio")
@@ -122,7 +124,7 @@ def main(argv=None):
     baseline_captions = generate_captions(model, processor, caption_rows, modality, batch_size, generate_kwargs)
     baseline = caption_metrics(baseline_captions, references)
 
-    # 6. Training.
+    # 6. Training, stopped at the first non-finite loss or gradient (and before saving non-finite weights).
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -130,6 +132,7 @@ def main(argv=None):
         eval_dataset=eval_split if training_args.eval_strategy != "no" else None,
         data_collator=CaptioningCollator(processor, modality),
         processing_class=processor,
+        callbacks=[NonFiniteGuardCallback()],
     )
     metrics = train_and_collect_losses(trainer, output.resume)
 
@@ -186,7 +189,7 @@ def build_model(model_args, tokenizer):
     if model_args.contrastive_loss_weight is not None:
         overrides["contrastive_loss_weight"] = model_args.contrastive_loss_weight
     if model_args.model_name_or_path:
-        model = MMForConditionalGeneration.from_pretrained(model_args.model_name_or_path, **overrides)
+        model = from_pretrained_safetensors(MMForConditionalGeneration, model_args.model_name_or_path, **overrides)
         if len(tokenizer) > model.config.decoder_config.vocab_size:
             raise ValueError(
                 f"The tokenizer has {len(tokenizer)} tokens but the model's vocabulary only "

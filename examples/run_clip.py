@@ -49,7 +49,9 @@ from training_mm.cli import (
 )
 from training_mm.collators import ContrastiveCollator
 from training_mm.hub import describe_model
+from training_mm.nonfinite_guard import NonFiniteGuardCallback
 from training_mm.retrieval import DIRECTIONS, MIN_GALLERY, RECALL_AT, RetrievalGallery, metric_name, retrieval_metrics
+from training_mm.safe_loading import from_pretrained_safetensors, refuse_pickled_weights
 
 logger = logging.getLogger("run_clip")
 
@@ -195,7 +197,7 @@ def main(argv=None):
     )  # fmt: skip
     baseline = measure(model, desc="Retrieval before") if gallery.measured else {}
 
-    # 6. Training.
+    # 6. Training, stopped at the first non-finite loss or gradient (and before saving non-finite weights).
     callbacks = []
     if model_args.meta_controller:
         from training_mm.meta_controller import MIN_UPDATE_RATIO, MetaControllerCallback
@@ -217,6 +219,8 @@ def main(argv=None):
     )
     for callback in callbacks:
         run_before_reporting(trainer, callback)  # so `--report_to tensorboard` also plots the meta_* values
+    # Last, so that on a NaN the meta-controller's own guard (which names its multiplier) speaks first.
+    trainer.add_callback(NonFiniteGuardCallback())
     global_batch = training_args.per_device_train_batch_size * training_args.world_size
     logger.info(
         "Training on %d process(es): each step's contrastive loss compares every item with all %d items of the global "
@@ -273,8 +277,10 @@ def parse_args(argv):
 
 
 def tower_configs(model_args):
-    """The config of each tower the model will have: from the named encoder, the checkpoint, or the preset."""
+    """The config of each tower the model will have: from the named encoder, the checkpoint, or the preset. A checkpoint
+    or encoder whose weights are pickled is refused here, before the data is loaded."""
     if model_args.model_name_or_path:
+        refuse_pickled_weights(model_args.model_name_or_path, MMModel)
         config = MMConfig.from_pretrained(model_args.model_name_or_path)
     else:
         config = MMConfig.from_preset(model_args.preset)
@@ -282,6 +288,7 @@ def tower_configs(model_args):
     for name in towers:
         path = getattr(model_args, f"{name}_encoder")
         if path is not None:
+            refuse_pickled_weights(path)
             towers[name] = AutoConfig.from_pretrained(path, trust_remote_code=False)
     return towers
 
@@ -304,7 +311,7 @@ def build_processor(model_args, towers, train_split):
 
 def build_model(model_args, tokenizer):
     if model_args.model_name_or_path:
-        model = MMModel.from_pretrained(model_args.model_name_or_path)
+        model = from_pretrained_safetensors(MMModel, model_args.model_name_or_path)
         if model_args.loss_type and model_args.loss_type != model.config.loss_type:
             raise ValueError(
                 f"{model_args.model_name_or_path} was trained with loss_type={model.config.loss_type!r}; continuing it "

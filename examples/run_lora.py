@@ -58,7 +58,9 @@ from training_mm.cli import (
 from training_mm.collators import ContrastiveCollator
 from training_mm.hub import describe_model, write_model_card
 from training_mm.lora import MODALITY_TOWERS, build_lora_config, count_parameters, format_parameter_counts
+from training_mm.nonfinite_guard import NonFiniteGuardCallback, check_finite_weights
 from training_mm.retrieval import MIN_GALLERY, RetrievalGallery, retrieval_metrics
+from training_mm.safe_loading import from_pretrained_safetensors
 
 logger = logging.getLogger("run_lora")
 
@@ -170,7 +172,7 @@ def main(argv=None):
     targets = f"the {', '.join(towers)} tower(s)" if towers else f"the modules matching {model_args.target_modules!r}"
     print(f"LoRA on {len(model.targeted_module_names)} layers of {targets}: {format_parameter_counts(model)}")
 
-    # 6. Training.
+    # 6. Training, stopped at the first non-finite loss or gradient (and before saving non-finite weights).
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -178,6 +180,7 @@ def main(argv=None):
         eval_dataset=eval_split if training_args.eval_strategy != "no" else None,
         data_collator=collator,
         processing_class=processor,
+        callbacks=[NonFiniteGuardCallback()],
     )
     metrics = train_and_collect_losses(trainer, output.resume)
 
@@ -207,6 +210,7 @@ def main(argv=None):
         # 9. Optionally the merged model: the base weights with the adapter folded in, loadable without PEFT.
         if merge_dir is not None:
             merged = trainer.model.merge_and_unload()
+            check_finite_weights(merged, merge_dir, synchronize=False)  # this process alone writes it
             merged.save_pretrained(merge_dir)
             processor.save_pretrained(merge_dir)
             write_model_card(
@@ -304,8 +308,8 @@ def load_base_model(path, captioning):
     must have a trained decoder: LoRA adapts trained weights, and a decoder loaded from an MMModel checkpoint would
     start (and stay, frozen) random."""
     if not captioning:
-        return MMModel.from_pretrained(path)
-    model, info = MMForConditionalGeneration.from_pretrained(path, output_loading_info=True)
+        return from_pretrained_safetensors(MMModel, path)
+    model, info = from_pretrained_safetensors(MMForConditionalGeneration, path, output_loading_info=True)
     untrained = sorted({key.split(".")[0] for key in info["missing_keys"]})
     if untrained:
         raise ValueError(

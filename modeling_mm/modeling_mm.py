@@ -119,7 +119,8 @@ class MMModel(MMPreTrainedModel):
         model = cls(config)
         for name, path in encoders.items():
             if path is not None:
-                setattr(model, f"{name}_model", _encoder_of(AutoModel.from_pretrained(path)))
+                # Weights from safetensors only: a pytorch_model.bin is a pickle.
+                setattr(model, f"{name}_model", _encoder_of(AutoModel.from_pretrained(path, use_safetensors=True)))
         return model
 
     def get_input_embeddings(self):

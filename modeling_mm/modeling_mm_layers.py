@@ -2,7 +2,9 @@
 
 Names follow CLIP/SigLIP (`q_proj/k_proj/v_proj/out_proj`, `fc1/fc2`, `layer_norm1/2`) so PEFT target modules,
 checkpoints and readers carry over. Attention dispatches through transformers' attention interface, so
-`attn_implementation="eager" | "sdpa" | "flex_attention" | "flash_attention_2"` works with one eager fallback.
+`attn_implementation="eager" | "sdpa" | "flex_attention" | "flash_attention_2"` works with one eager fallback; a
+tower whose config sets `attention_type` to "local", "block_sparse" or "linear" uses that function instead
+(modeling_mm_long_attention.py).
 """
 
 from collections.abc import Callable
@@ -15,6 +17,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from .modeling_mm_long_attention import LONG_INPUT_ATTENTION_FUNCTIONS
 from .modeling_mm_utils import MMPreTrainedModel
 
 
@@ -52,11 +55,14 @@ class MMAttention(nn.Module):
         return projection(states).view(*states.shape[:-1], -1, self.head_dim).transpose(1, 2)
 
     def attend(self, query, key, value, attention_mask, **kwargs):
-        """The configured attention back-end (transformers' attention interface, eager as the fallback) on
-        (B, heads, T, head_dim) queries and (B, heads, S, head_dim) keys/values, then `out_proj`: (B, T, hidden)."""
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        """The configured attention on (B, heads, T, head_dim) queries and (B, heads, S, head_dim) keys/values, then
+        `out_proj`: (B, T, hidden). A long-input `attention_type` of an encoder tower, else transformers' attention
+        interface with eager as the fallback (the decoder's config only allows "full")."""
+        attention_interface: Callable = LONG_INPUT_ATTENTION_FUNCTIONS.get(self.config.attention_type)
+        if attention_interface is None:  # "full": the attention interface's back-end
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
         attn_output, attn_weights = attention_interface(
             self,
             query,
@@ -145,12 +151,17 @@ class MMTowerModel(MMPreTrainedModel):
 
     The text, vision and audio towers differ only in how they embed their input (tokens, patches, mel frames)
     and which positions are padding; they subclass this and call `self.encode(embeddings, padding_mask)`.
+    With `config.num_global_tokens`, that many learned `global_tokens` go in front of the embeddings; the outputs
+    and the pooling leave them out.
     """
 
     def __init__(self, config):
         super().__init__(config)
         self.encoder = MMEncoder(config)
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.num_global_tokens = config.num_global_tokens
+        if self.num_global_tokens:
+            self.global_tokens = nn.Parameter(torch.zeros(1, self.num_global_tokens, config.hidden_size))
 
     def encode(self, embeddings, padding_mask=None, output_attentions=None, output_hidden_states=None):
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
@@ -158,20 +169,31 @@ class MMTowerModel(MMPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         embeddings = embeddings.contiguous()  # the stems' transposes leave (B, D, T) strides: copy once, not per layer
-        # The 2-D padding mask becomes what the attention back-end wants (additive 4-D, BlockMask, or None).
-        attention_mask = create_bidirectional_mask(
-            config=self.config, inputs_embeds=embeddings, attention_mask=padding_mask
-        )
+        attention_mask = padding_mask
+        num_global = self.num_global_tokens
+        if num_global:
+            embeddings = torch.cat((self.global_tokens.expand(embeddings.shape[0], -1, -1), embeddings), dim=1)
+            if padding_mask is not None:
+                attention_mask = nn.functional.pad(padding_mask, (num_global, 0), value=1)
+        if self.config.attention_type == "full":
+            # The 2-D padding mask becomes what the attention back-end wants (additive 4-D, BlockMask, or None).
+            attention_mask = create_bidirectional_mask(
+                config=self.config, inputs_embeds=embeddings, attention_mask=attention_mask
+            )
+        # else the long-input functions take the 2-D mask itself: a (T, T) mask would cost what they save.
         encoder_outputs = self.encoder(
             embeddings,
             attention_mask,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        last_hidden_state = self.post_layernorm(encoder_outputs.last_hidden_state)
+        last_hidden_state = self.post_layernorm(encoder_outputs.last_hidden_state[:, num_global:])
+        hidden_states = encoder_outputs.hidden_states
+        if num_global and hidden_states is not None:
+            hidden_states = tuple(state[:, num_global:] for state in hidden_states)
         return BaseModelOutputWithPooling(
             last_hidden_state=last_hidden_state,
             pooler_output=masked_mean(last_hidden_state, padding_mask),
-            hidden_states=encoder_outputs.hidden_states,
+            hidden_states=hidden_states,
             attentions=encoder_outputs.attentions,
         )

@@ -31,6 +31,7 @@ REMOTE_CODE_FILES = {
     "modeling_mm": (
         "modeling_mm_utils.py",
         "modeling_mm_layers.py",
+        "modeling_mm_long_attention.py",
         "modeling_mm_text.py",
         "modeling_mm_vision.py",
         "modeling_mm_audio.py",
@@ -91,6 +92,8 @@ class MMPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        if getattr(module, "global_tokens", None) is not None:
+            init.normal_(module.global_tokens, mean=0.0, std=std)
         # Non-persistent buffers are not in the checkpoint: transformers 5 builds the model on the meta device,
         # so they must be (re)computed here or they hold garbage after `from_pretrained`.
         if hasattr(module, "text_hash_powers"):

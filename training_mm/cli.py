@@ -25,8 +25,10 @@ from configuration_mm import MMConfig
 from processing_mm import MMFeatureExtractor, MMImageProcessor, MMProcessor, train_tokenizer
 
 from .argument_files import expand_argument_file
+from .checkpoints import checkpoint_problems, last_complete_checkpoint
 from .data import filter_unreadable, load_user_dataset
 from .hub import SYNTHETIC_DATASET, describe_model, push_folder_to_hub, write_model_card
+from .nonfinite_guard import advice_for, check_finite_files, check_finite_weights
 from .synthetic_data import build_synthetic_dataset
 
 logger = logging.getLogger(__name__)
@@ -183,16 +185,19 @@ def prepare_output(training_args, overwrite, other_folders=()):
 
 
 def resolve_resume(value, output_dir):
-    """`--resume_from_checkpoint last` means the newest checkpoint in output_dir; a path must exist."""
+    """`--resume_from_checkpoint last` means the newest complete checkpoint in output_dir (newer, incomplete ones are
+    skipped with a warning); a path must be a complete checkpoint (see training_mm.checkpoints)."""
     if value is None:
         return None
     if value == "last":
-        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-        if last is None:
-            raise FileNotFoundError(f"--resume_from_checkpoint last: no checkpoint-* folder in {output_dir} to resume.")
-        return last
+        return str(last_complete_checkpoint(output_dir))
     if not Path(value).is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such folder (or pass `last`).")
+    if problems := checkpoint_problems(value):
+        raise ValueError(
+            f"--resume_from_checkpoint {value} is not a complete checkpoint: {'; '.join(problems)}. Resume from an "
+            "earlier checkpoint-N (or pass `last` for the newest complete one)."
+        )
     return value
 
 
@@ -200,21 +205,33 @@ def check_output_dir(output_dir, overwrite, resume, ignore=()):
     """Refuses to write into a non-empty folder unless asked to (or continuing the run that is there).
 
     Checked before training and again before writing; the second time, what this run wrote itself (`ignore`:
-    checkpoints, TensorBoard logs) does not count.
+    checkpoints, TensorBoard logs) does not count. Resuming continues the run in `output_dir` only when the `resume`
+    checkpoint lies inside it: a checkpoint of another run would write a new model over the one there.
     """
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError(f"--output_dir {output_dir} is a file; choose a folder.")
-    if overwrite or resume or not output_dir.is_dir():
+    if overwrite or resumes_inside(resume, output_dir) or not output_dir.is_dir():
         return
     entries = sorted(p.name for p in output_dir.iterdir() if not any(p.match(pattern) for pattern in ignore))
     if entries:
         checkpoint = get_last_checkpoint(str(output_dir))
         hint = f" or --resume_from_checkpoint last to continue from {checkpoint}," if checkpoint else ""
+        elsewhere = (
+            f" --resume_from_checkpoint {resume} is another run's checkpoint (not inside it), so this run would "
+            "write a new model over the one there."
+            if resume
+            else ""
+        )
         raise FileExistsError(
             f"Output folder {output_dir} is not empty ({len(entries)} entries: {', '.join(entries[:5])}"
-            f"{', ...' if len(entries) > 5 else ''}). Pass --overwrite_output_dir to write into it anyway,{hint} "
-            "or choose another --output_dir."
+            f"{', ...' if len(entries) > 5 else ''}).{elsewhere} Pass --overwrite_output_dir to write into it anyway,"
+            f"{hint} or choose another --output_dir."
         )
+
+
+def resumes_inside(resume, output_dir):
+    """Whether the `resume` checkpoint (a path, or None) lies inside `output_dir`: the run there continues."""
+    return resume is not None and Path(resume).resolve().is_relative_to(Path(output_dir).resolve())
 
 
 def check_hub_repo_is_empty(repo_id, token):
@@ -245,6 +262,7 @@ def save_output_folder(trainer, output, overwrite, what="model", **card):
     arguments are removed, as a Hub folder holds no pickles. Returns whether this process wrote the folder's files.
     """
     check_output_dir(output.folder, overwrite, output.resume, ignore=RUN_ARTIFACTS)
+    check_finite_weights(trainer.model, output.folder, advice_for(trainer.args))
     trainer.accelerator.wait_for_everyone()  # every process checked before any writes
     trainer.save_model(str(output.folder))  # every process: FSDP/DeepSpeed gather the weights here
     if not trainer.args.should_save:
@@ -280,6 +298,7 @@ def push_output_folder(output, training_args, what=""):
     with tempfile.TemporaryDirectory() as staging:
         staged = Path(staging) / "model"
         shutil.copytree(output.folder, staged, ignore=shutil.ignore_patterns(*RUN_ARTIFACTS))
+        check_finite_files(staged)
         commit = push_folder_to_hub(
             staged, output.repo_id, token=training_args.hub_token, private=bool(training_args.hub_private_repo)
         )
