@@ -86,6 +86,18 @@ class TorchRunner:
         return [text.strip() for text in self.processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
 
+class Int8Runner(TorchRunner):
+    """`TorchRunner` on the model with PyTorch's dynamic int8 quantization of every linear layer
+    (`serving_mm.export.quantize_int8`)."""
+
+    backend = "int8"
+
+    def __init__(self, model, processor: MMProcessor, max_new_tokens: int | None = None):
+        from .export import quantize_int8
+
+        super().__init__(quantize_int8(model), processor, max_new_tokens)
+
+
 class OnnxRunner(TorchRunner):
     """Embeddings from the ONNX towers that `serving_mm.export` wrote (`<checkpoint>/onnx/{text,image,audio}.onnx`),
     run with ONNX Runtime on CPU. A tower that was not exported (`mm-export --towers image`), and the caption
@@ -155,9 +167,7 @@ def load_runner(checkpoint: str, backend: str = "torch", max_new_tokens: int | N
     model = model_class.from_pretrained(checkpoint).eval()
     processor = load_processor(checkpoint, config=model.config)  # this package's classes, not the saved remote code
     if backend == "int8":
-        from .export import quantize_int8
-
-        return TorchRunner(quantize_int8(model), processor, max_new_tokens)
+        return Int8Runner(model, processor, max_new_tokens)
     if backend == "onnx":
         folder = Path(checkpoint)
         if not folder.is_dir():
