@@ -1,10 +1,11 @@
 from setuptools import setup
 
-# torch is required but deliberately left open at the bottom of its range: on a machine without torch,
-# install the build for your hardware first (CPU: `pip install torch==2.13.0`, which scripts/install.sh
-# does), and this requirement is then already satisfied instead of pulling a multi-GB CUDA build.
+# torch: the floor is the lowest version CI tests (2.13). On a machine without torch, install the build for your
+# hardware first (CPU: `pip install torch==2.13.0`, which scripts/install.sh does), so that this requirement is
+# already satisfied instead of pulling a multi-GB CUDA build. transformers: CI runs the whole suite on the newest
+# 5.x and the remote-code, generation and pipeline tests on the lowest (scripts/test_lowest_transformers.sh).
 install_requires = [
-    "torch>=2.4",
+    "torch>=2.13",
     "transformers>=5.17,<6",
     "accelerate>=1.0",
     "datasets>=3.0",

@@ -21,7 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttenti
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .modeling_mm_layers import MMMLP, MMAttention, eager_attention_forward
-from .modeling_mm_utils import MMPreTrainedModel
+from .modeling_mm_utils import CACHE_NAME, MMPreTrainedModel
 
 try:  # flat Hub folder (remote code)
     from .configuration_mm import MMDecoderConfig
@@ -83,22 +83,22 @@ def attend(module, query, key, value, attention_mask, **kwargs):
 
 
 class MMDecoderSelfAttention(MMAttention):
-    """Causal self-attention with rotary positions; past keys/values live in `past_key_values` under `layer_idx`."""
+    """Causal self-attention with rotary positions; past keys/values live in `cache` under `layer_idx`."""
 
     def __init__(self, config, layer_idx):
         super().__init__(config, is_causal=True, layer_idx=layer_idx)
 
-    def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, position_embeddings, attention_mask=None, cache=None, **kwargs):
         input_shape = hidden_states.shape[:-1]
         query = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
         key = self.k_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
         value = self.v_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
         # (B, heads, T, head_dim)
         query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
-        if isinstance(past_key_values, EncoderDecoderCache):
-            past_key_values = past_key_values.self_attention_cache
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)  # (B, heads, past + T, head_dim)
+        if isinstance(cache, EncoderDecoderCache):
+            cache = cache.self_attention_cache
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)  # (B, heads, past + T, head_dim)
         return attend(self, query, key, value, attention_mask, **kwargs)
 
 
@@ -109,21 +109,21 @@ class MMDecoderCrossAttention(MMAttention):
     def __init__(self, config, layer_idx):
         super().__init__(config, layer_idx=layer_idx)
 
-    def forward(self, hidden_states, encoder_hidden_states, attention_mask=None, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, encoder_hidden_states, attention_mask=None, cache=None, **kwargs):
         input_shape = hidden_states.shape[:-1]
         query = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)  # (B, heads, T, hd)
-        if not isinstance(past_key_values, EncoderDecoderCache):
-            past_key_values = None
-        if past_key_values is not None and past_key_values.is_updated.get(self.layer_idx):
-            cached = past_key_values.cross_attention_cache.layers[self.layer_idx]
+        if not isinstance(cache, EncoderDecoderCache):
+            cache = None
+        if cache is not None and cache.is_updated.get(self.layer_idx):
+            cached = cache.cross_attention_cache.layers[self.layer_idx]
             key, value = cached.keys, cached.values  # (B, heads, N, head_dim)
         else:
             kv_shape = (*encoder_hidden_states.shape[:-1], -1, self.head_dim)
             key = self.k_proj(encoder_hidden_states).view(kv_shape).transpose(1, 2)
             value = self.v_proj(encoder_hidden_states).view(kv_shape).transpose(1, 2)  # (B, heads, N, head_dim)
-            if past_key_values is not None:
-                key, value = past_key_values.cross_attention_cache.update(key, value, self.layer_idx)
-                past_key_values.is_updated[self.layer_idx] = True
+            if cache is not None:
+                key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
+                cache.is_updated[self.layer_idx] = True
         return attend(self, query, key, value, attention_mask, **kwargs)
 
 
@@ -147,11 +147,11 @@ class MMDecoderLayer(GradientCheckpointingLayer):
         attention_mask=None,
         encoder_hidden_states=None,
         encoder_attention_mask=None,
-        past_key_values=None,
+        cache=None,
         **kwargs,
     ):
         attn_output, self_weights = self.self_attn(
-            self.layer_norm1(hidden_states), position_embeddings, attention_mask, past_key_values, **kwargs
+            self.layer_norm1(hidden_states), position_embeddings, attention_mask, cache, **kwargs
         )
         hidden_states = hidden_states + self.dropout(attn_output)
         cross_weights = None
@@ -160,7 +160,7 @@ class MMDecoderLayer(GradientCheckpointingLayer):
                 self.encoder_attn_layer_norm(hidden_states),
                 encoder_hidden_states,
                 encoder_attention_mask,
-                past_key_values,
+                cache,
                 **kwargs,
             )
             hidden_states = hidden_states + self.dropout(attn_output)
@@ -211,7 +211,7 @@ class MMTextDecoder(MMPreTrainedModel):
         position_ids=None,
         encoder_hidden_states=None,
         encoder_attention_mask=None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds=None,
         use_cache=None,
         output_attentions=None,
@@ -236,21 +236,16 @@ class MMTextDecoder(MMPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         if not use_cache:
-            past_key_values = None
-        elif past_key_values is None and encoder_hidden_states is not None:
-            past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
-        elif past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+            cache = None
+        elif cache is None and encoder_hidden_states is not None:
+            cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+        elif cache is None:
+            cache = DynamicCache(config=self.config)
         if position_ids is None:
-            position_ids = self._position_ids(inputs_embeds, attention_mask, past_key_values)
+            position_ids = self._position_ids(inputs_embeds, attention_mask, cache)
 
-        causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
-        )
+        # The cache goes in by position: transformers 5.24 renamed this parameter `past_key_values` -> `cache`.
+        causal_mask = create_causal_mask(self.config, inputs_embeds, attention_mask, cache, position_ids)
         cross_mask = None
         if encoder_hidden_states is not None:
             cross_mask = create_bidirectional_mask(
@@ -272,7 +267,7 @@ class MMTextDecoder(MMPreTrainedModel):
                 causal_mask,
                 encoder_hidden_states,
                 cross_mask,
-                past_key_values,
+                cache,
             )
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
@@ -285,17 +280,17 @@ class MMTextDecoder(MMPreTrainedModel):
             all_hidden_states = all_hidden_states[:-1] + (hidden_states,)
         return BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values,
+            **{CACHE_NAME: cache},
             hidden_states=all_hidden_states,
             attentions=all_self,
             cross_attentions=all_cross,
         )
 
     @staticmethod
-    def _position_ids(inputs_embeds, attention_mask, past_key_values):
+    def _position_ids(inputs_embeds, attention_mask, cache):
         """(B, T) positions of the new tokens: real tokens before them, padding not counted."""
         length = inputs_embeds.shape[1]
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past = cache.get_seq_length() if cache is not None else 0
         if attention_mask is None or attention_mask.ndim != 2:
             return (torch.arange(length, device=inputs_embeds.device) + past).unsqueeze(0)
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -20,7 +20,7 @@ for encoder-decoder models (Whisper, BART). Being `is_encoder_decoder` instead w
 `decoder_input_ids`, which the image-text-to-text pipeline (it passes `input_ids`) does not.
 """
 
-from dataclasses import dataclass
+from dataclasses import field, make_dataclass
 
 import torch
 from torch import nn
@@ -30,31 +30,42 @@ from transformers.utils import ModelOutput
 
 from .modeling_mm import MMModel, _width
 from .modeling_mm_decoder import MMTextDecoder
-from .modeling_mm_utils import MMConfig, MMPreTrainedModel
+from .modeling_mm_utils import CACHE_NAME, MMConfig, MMPreTrainedModel
 
 
-@dataclass
-class MMGenerationOutput(ModelOutput):
-    """Output of `MMForConditionalGeneration.forward`.
+_OUTPUT_DOC = """Output of `MMForConditionalGeneration.forward`.
 
     Attributes:
         loss: `caption_loss_weight * caption_loss + contrastive_loss_weight * contrastive_loss` (with `labels`).
         logits: (B, T, vocab_size) next-token scores.
-        past_key_values: the decoder's cache (with `use_cache=True`): an `EncoderDecoderCache` when it attended to
-            media, else the self-attention `Cache`.
+        cache: the decoder's cache (with `use_cache=True`): an `EncoderDecoderCache` when it attended to media, else
+            the self-attention `Cache`. Named as the running transformers names it: `cache` from 5.24,
+            `past_key_values` before (`modeling_mm_utils.CACHE_NAME`).
         caption_loss: mean cross-entropy of the next token over the labelled positions.
         contrastive_loss: `MMModel`'s loss on the same batch, when `config.contrastive_loss_weight > 0`.
         hidden_states, attentions, cross_attentions: the decoder's, on request.
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    caption_loss: torch.FloatTensor | None = None
-    contrastive_loss: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
-    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+# A dataclass built at import, because the cache field's name depends on the transformers version: `generate` reads
+# the cache back from the output under that name (and 5.24 warns when an output is built with the old one).
+MMGenerationOutput = make_dataclass(
+    "MMGenerationOutput",
+    [
+        (name, annotation, field(default=None))
+        for name, annotation in (
+            ("loss", torch.FloatTensor | None),
+            ("logits", torch.FloatTensor | None),
+            (CACHE_NAME, Cache | None),
+            ("caption_loss", torch.FloatTensor | None),
+            ("contrastive_loss", torch.FloatTensor | None),
+            ("hidden_states", tuple[torch.FloatTensor, ...] | None),
+            ("attentions", tuple[torch.FloatTensor, ...] | None),
+            ("cross_attentions", tuple[torch.FloatTensor, ...] | None),
+        )
+    ],
+    bases=(ModelOutput,),
+    namespace={"__doc__": _OUTPUT_DOC, "__module__": __name__},
+)
 
 
 class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
@@ -181,6 +192,7 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
         encoder_hidden_states=None,
         encoder_attention_mask=None,
         labels=None,
+        cache=None,
         past_key_values=None,
         position_ids=None,
         inputs_embeds=None,
@@ -198,9 +210,14 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
                 and its frame mask (B, frames). Either or both; or instead:
             encoder_hidden_states, encoder_attention_mask: from `get_encoder_hidden_states`.
             labels: (B, T) token ids to predict, -100 where no loss is taken (padding, prompt); unshifted.
-            past_key_values, position_ids, use_cache: decoding state, as in any transformers causal LM.
+            cache, position_ids, use_cache: decoding state, as in any transformers causal LM. `generate` passes the
+                cache as `cache` from transformers 5.24 and as `past_key_values` before; either name is accepted.
             logits_to_keep: compute logits for the last `logits_to_keep` positions only (0 = all).
         """
+        if past_key_values is not None:
+            if cache is not None:
+                raise ValueError("Pass the decoding cache as `cache` or as `past_key_values`, not both.")
+            cache = past_key_values
         contrastive_loss = None
         if encoder_hidden_states is None and (pixel_values is not None or input_features is not None):
             contrastive = labels is not None and self.config.contrastive_loss_weight > 0 and input_ids is not None
@@ -216,7 +233,7 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
             position_ids=position_ids,
             encoder_hidden_states=encoder_hidden_states,
             encoder_attention_mask=encoder_attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -239,7 +256,7 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
         return MMGenerationOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             caption_loss=caption_loss,
             contrastive_loss=contrastive_loss,
             hidden_states=outputs.hidden_states,
@@ -303,7 +320,7 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
         encoder states to keys/values once per `generate` call. A cache the caller passed in is left as it is: the
         keys/values are then recomputed at every step."""
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-        cache = model_kwargs.get("past_key_values")
+        cache = model_kwargs.get(CACHE_NAME)
         encoder_hidden_states = model_kwargs.get("encoder_hidden_states")
         if (
             cache is None
@@ -317,7 +334,7 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
             cross_cache = StaticCache(config=config, max_cache_len=encoder_hidden_states.shape[1])
         else:
             cross_cache = DynamicCache(config=config)
-        model_kwargs["past_key_values"] = EncoderDecoderCache(cache, cross_cache)
+        model_kwargs[CACHE_NAME] = EncoderDecoderCache(cache, cross_cache)
 
     def _as_prompt(self, input_ids, attention_mask, batch_size):
         """Makes the processor's encoding of a prompt, `<s> prompt </s>` padded on the right, into what a decoder-only

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .modeling_mm_losses import hash_powers
 
@@ -15,7 +16,12 @@ try:  # flat Hub folder (remote code): the config file sits next to this one
 except ImportError:  # installed package: the config lives in the sibling package `configuration_mm`
     from configuration_mm import MMAudioConfig, MMConfig, MMTextConfig, MMVisionConfig
 
-__all__ = ["MMPreTrainedModel", "MMConfig", "MMTextConfig", "MMVisionConfig", "MMAudioConfig", "save_remote_code"]
+__all__ = ["CACHE_NAME", "MMPreTrainedModel", "MMConfig", "MMTextConfig", "MMVisionConfig", "MMAudioConfig", "save_remote_code"]
+
+# What the running transformers calls the decoding cache in model outputs, in `generate`'s model kwargs and in the
+# `forward` keyword it passes: `past_key_values` up to 5.23, `cache` from 5.24 (which still accepts the old name, with a
+# deprecation warning). Saved remote code runs on whatever 5.x the consumer has, so mm follows the running version.
+CACHE_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 # The files a consumer needs to load a saved model with `trust_remote_code=True`, by the package that holds them
 # in this repository. They are copied flat into the saved folder (see ../shared/design.md: remote code is flat).

@@ -81,14 +81,14 @@ def test_static_cache_decoding_step_has_no_graph_breaks():
             StaticCache(config=config, max_cache_len=encoder_hidden_states.shape[1]),
         )
         bos = torch.ones(4, 1, dtype=torch.long)
-        model(input_ids=bos, encoder_hidden_states=encoder_hidden_states, past_key_values=cache, use_cache=True)
+        model(input_ids=bos, encoder_hidden_states=encoder_hidden_states, cache=cache, use_cache=True)
         step = dict(
             input_ids=bos,
             attention_mask=torch.ones(4, 16, dtype=torch.long),
             position_ids=torch.ones(4, 1, dtype=torch.long),
             cache_position=torch.tensor([1]),
             encoder_hidden_states=encoder_hidden_states,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         )
         assert_one_graph(model, **step)

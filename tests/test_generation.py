@@ -3,6 +3,7 @@ caches, static cache + torch.compile), prompts, padding, the CoCa loss, and chec
 
 import copy
 import doctest
+import logging
 import re
 from functools import lru_cache
 
@@ -16,6 +17,7 @@ from configuration_mm import MMConfig
 import training_mm.caption_metrics
 from modeling_mm import MMForConditionalGeneration, MMModel
 from modeling_mm.modeling_mm_decoder import MMTextDecoder
+from modeling_mm.modeling_mm_utils import CACHE_NAME
 from testers import tiny_captions, tiny_processor
 
 CAPTIONS = [tiny_captions()[i] for i in (0, 9, 20, 33, 47, 58)]
@@ -230,14 +232,19 @@ def test_forward_returns_a_cache_that_continues_decoding():
         encoder_hidden_states, _ = model.get_encoder_hidden_states(pixel_values=pixel_values)
         full = model(input_ids=ids, encoder_hidden_states=encoder_hidden_states).logits
         prefix = model(input_ids=ids[:, :-1], encoder_hidden_states=encoder_hidden_states, use_cache=True)
-        assert isinstance(prefix.past_key_values, EncoderDecoderCache)
-        step = model(
+        cache = getattr(prefix, CACHE_NAME)  # `cache` from transformers 5.24, `past_key_values` before
+        assert isinstance(cache, EncoderDecoderCache)
+        step = model(input_ids=ids[:, -1:], encoder_hidden_states=encoder_hidden_states, cache=cache, use_cache=True)
+        # The old keyword still works (the name every transformers before 5.24 passes).
+        prefix = model(input_ids=ids[:, :-1], encoder_hidden_states=encoder_hidden_states, use_cache=True)
+        old_name = model(
             input_ids=ids[:, -1:],
             encoder_hidden_states=encoder_hidden_states,
-            past_key_values=prefix.past_key_values,
+            past_key_values=getattr(prefix, CACHE_NAME),
             use_cache=True,
         )
     torch.testing.assert_close(step.logits[:, -1], full[:, -1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(old_name.logits, step.logits)
 
 
 def test_coca_weight_adds_the_contrastive_loss_on_the_same_batch():
@@ -320,3 +327,25 @@ def test_docstring_examples_run(documented):
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
     runner.run(test)
     assert test.examples and runner.summarize(verbose=False).failed == 0
+
+
+@pytest.mark.parametrize("cache_implementation", [None, "static"])
+def test_generation_logs_no_deprecation(caplog, cache_implementation):
+    """transformers 5.24 renamed the cache `past_key_values` -> `cache` and warns (through its logger, which
+    `-W error` does not see) when the old name reaches an output or `generate`: mm uses the running version's name."""
+    from transformers.utils import logging as hf_logging
+
+    model, _, image_batch, _, _, _ = trained_captioner()
+    logging.Logger.warning_once.cache_clear()  # an earlier test may already have logged the message once
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            out = model(**{k: image_batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}, use_cache=True)
+            model.generate(
+                pixel_values=image_batch["pixel_values"][:2], cache_implementation=cache_implementation, **GREEDY
+            )
+    finally:
+        hf_logging.disable_propagation()
+    assert getattr(out, CACHE_NAME) is not None
+    messages = [record.getMessage() for record in caplog.records]
+    assert not [m for m in messages if "deprecated" in m.lower()], messages
