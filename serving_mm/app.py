@@ -103,6 +103,11 @@ def create_app(
     async def input_error(request, error: InputError):
         return JSONResponse({"detail": str(error), "field": error.field}, status_code=error.status)
 
+    @app.exception_handler(ValueError)
+    async def model_input_error(request, error: ValueError):
+        # What the processor refuses after the request's own checks passed (it names the item): still the input.
+        return JSONResponse({"detail": f"input: {error}", "field": "input"}, status_code=422)
+
     @app.exception_handler(QueueFull)
     async def queue_full(request, error: QueueFull):
         return JSONResponse({"detail": f"Server busy: {error} Retry shortly."}, status_code=503, headers={"Retry-After": "1"})

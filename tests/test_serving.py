@@ -218,6 +218,17 @@ def test_a_full_queue_answers_503_and_the_server_recovers(runner, trained_clip):
         assert 'status="503"} 1.0' in client.get("/metrics").text
 
 
+def test_a_value_error_from_the_processor_is_a_422_and_the_worker_lives_on(runner):
+    def refuse(texts):
+        if "too long" in texts:
+            raise ValueError("Text 0 is 99 tokens long, more than the limit of 32")
+
+    with TestClient(create_app(_wrap(runner, "embed_text", refuse))) as client:
+        response = client.post("/embed/text", json={"texts": ["too long"]})
+        assert response.status_code == 422 and "more than the limit of 32" in response.json()["detail"]
+        assert client.post("/embed/text", json={"texts": ["a red circle"]}).status_code == 200
+
+
 def test_queue_full_is_raised_by_the_batcher_itself():
     batcher = DynamicBatcher({"x": list}, max_queue=1)
     batcher.submit("x", 1)
