@@ -132,12 +132,13 @@ def quantize_int8(model):
 def int8_weight_bytes(model) -> int:
     """Bytes of the parameters and packed int8 weights of a model from `quantize_int8` (its in-memory size; a
     quantized module has no safetensors form, so the server quantizes the fp32 checkpoint at load time)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
     total = sum(p.numel() * p.element_size() for p in model.parameters())
     for module in model.modules():
-        packed = getattr(module, "_packed_params", None)
-        if packed is not None:
-            weight, bias = packed._weight_bias()
-            total += weight.int_repr().numel() + (0 if bias is None else bias.numel() * bias.element_size())
+        if isinstance(module, DynamicInt8Linear):
+            bias = module.bias()
+            total += module.weight().int_repr().numel() + (0 if bias is None else bias.numel() * bias.element_size())
     return total
 
 

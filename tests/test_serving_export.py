@@ -55,5 +55,7 @@ def test_int8_keeps_the_embeddings_and_the_ranking(trained_clip, fp32):
     for gallery in ("image", "audio"):  # text->gallery recall@1 of int8 equals fp32's (all six right)
         for texts, items in (pairs["text"][0], pairs[gallery][0]), (pairs["text"][1], pairs[gallery][1]):
             assert ((texts @ items.T).argmax(axis=1) == np.arange(6)).all()
+    fp32_bytes = sum(p.numel() * p.element_size() for p in fp32.model.parameters())
+    assert export.int8_weight_bytes(int8.model) < 0.6 * fp32_bytes  # linear weights take a quarter of the space
     with TestClient(create_app(int8)) as client:
         assert client.get("/ready").json()["backend"] == "int8"
