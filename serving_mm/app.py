@@ -51,7 +51,9 @@ def create_app(
     batch_sizes = Histogram(
         "mm_batch_size", "Items per model call", ["kind"], registry=registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128)
     )
-    batch_wait = Histogram("mm_batch_wait_seconds", "How long a batch's oldest item waited", ["kind"], registry=registry)
+    batch_wait = Histogram(
+        "mm_batch_wait_seconds", "How long a batch's oldest item waited", ["kind"], registry=registry
+    )
 
     def on_batch(kind, size, waited):
         batch_sizes.labels(kind).observe(size)
@@ -110,7 +112,8 @@ def create_app(
 
     @app.exception_handler(QueueFull)
     async def queue_full(request, error: QueueFull):
-        return JSONResponse({"detail": f"Server busy: {error} Retry shortly."}, status_code=503, headers={"Retry-After": "1"})
+        detail = {"detail": f"Server busy: {error} Retry shortly."}
+        return JSONResponse(detail, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(CapabilityError)
     async def not_capable(request, error: CapabilityError):
@@ -154,7 +157,7 @@ def create_app(
     @app.post("/embed/text")
     async def embed_text(request: Request):
         body = await read_body(request)
-        texts = [check_text(t, f"texts[{i}]") for i, t in enumerate(as_list(_required(body, "texts"), "texts", MAX_ITEMS))]
+        texts = _texts(body, "texts")
         return {"embeddings": (await embed("text", texts)).tolist()}
 
     @app.post("/embed/image")
@@ -170,7 +173,7 @@ def create_app(
     @app.post("/classify")
     async def classify(request: Request):
         body = await read_body(request)
-        labels = [check_text(t, f"labels[{i}]") for i, t in enumerate(as_list(_required(body, "labels"), "labels", MAX_ITEMS))]
+        labels = _texts(body, "labels")
         modality, item = one_media(body)
         query = (await embed(modality, [item]))[0]
         logits = runner.logit_scale * (await embed("text", labels)) @ query + runner.logit_bias
@@ -226,12 +229,14 @@ def create_app(
         return FileResponse(path)
 
     def media_list(body, field, modality):
-        return [to_media(value, f"{field}[{i}]", modality) for i, value in enumerate(as_list(_required(body, field), field, MAX_ITEMS))]
+        values = as_list(_required(body, field), field, MAX_ITEMS)
+        return [to_media(value, f"{field}[{i}]", modality) for i, value in enumerate(values)]
 
     def one_media(body, what="an image or audio"):
         present = [m for m in MODALITIES if body.get(m) is not None]
         if len(present) != 1:
-            raise InputError("image/audio", f"send exactly one of `image` or `audio` ({what}); got {present or 'none'}.")
+            problem = f"send exactly one of `image` or `audio` ({what}); got {present or 'none'}."
+            raise InputError("image/audio", problem)
         value = body[present[0]]
         if isinstance(value, list):
             if len(value) != 1:
@@ -303,6 +308,11 @@ class BodyLimit:
 
     def _message(self, size):
         return f"body: the request body is {size:,} bytes, more than the limit of {self.limit:,} (--max_body_bytes)."
+
+
+def _texts(body: dict, field: str) -> list[str]:
+    values = as_list(_required(body, field), field, MAX_ITEMS)
+    return [check_text(text, f"{field}[{i}]") for i, text in enumerate(values)]
 
 
 def _required(body: dict, field: str):

@@ -134,7 +134,8 @@ class DynamicBatcher:
         try:
             results = self.handlers[batch[0].kind]([item.payload for item in batch])
             if len(results) != len(batch):
-                raise RuntimeError(f"The {batch[0].kind!r} handler returned {len(results)} results for {len(batch)} items.")
+                kind = batch[0].kind
+                raise RuntimeError(f"The {kind!r} handler returned {len(results)} results for {len(batch)} items.")
         except Exception as error:  # one bad item must not fail its neighbours: run them one by one
             if len(batch) == 1:
                 batch[0].future.set_exception(error)

@@ -74,7 +74,8 @@ class TorchRunner:
     @torch.inference_mode()
     def caption_audio(self, clips: list[np.ndarray]) -> list[str]:
         batch = self.processor(audio=clips, sampling_rate=self.sampling_rate, return_tensors="pt")
-        return self._generate(input_features=batch["input_features"], audio_attention_mask=batch["audio_attention_mask"])
+        features, mask = batch["input_features"], batch["audio_attention_mask"]
+        return self._generate(input_features=features, audio_attention_mask=mask)
 
     def _generate(self, **media) -> list[str]:
         if self.captioner is None:
@@ -171,7 +172,9 @@ def load_runner(checkpoint: str, backend: str = "torch", max_new_tokens: int | N
     if backend == "onnx":
         folder = Path(checkpoint)
         if not folder.is_dir():
-            raise ValueError(f"backend='onnx' needs a local checkpoint folder with an onnx/ subfolder, got {checkpoint!r}.")
+            raise ValueError(
+                f"backend='onnx' needs a local checkpoint folder with an onnx/ subfolder, got {checkpoint!r}."
+            )
         return OnnxRunner(model, processor, folder / "onnx", max_new_tokens)
     return TorchRunner(model, processor, max_new_tokens)
 
