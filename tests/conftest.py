@@ -32,3 +32,12 @@ def builtin_data(tmp_path_factory):
 def private_hf_cache(tmp_path, monkeypatch):
     """Keep the Arrow files `load_dataset` writes out of the user's ~/.cache."""
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+
+
+@pytest.fixture(scope="session")
+def trained_clip(tmp_path_factory):
+    """A tiny MMModel trained in the session to rank six captions against their images and tones, saved with its
+    processor, plus that collection on disk (see tests/serving_testers.py)."""
+    from serving_testers import train_tiny_clip
+
+    return train_tiny_clip(tmp_path_factory.mktemp("trained_clip"))

@@ -1,0 +1,167 @@
+"""Smaller and faster mm models: ONNX export of the three towers and int8 dynamic quantization.
+
+`mm-export CHECKPOINT` writes `<checkpoint>/onnx/{text,image,audio}.onnx` (the dynamo exporter, dynamic batch and
+length), checks each against PyTorch with ONNX Runtime (max abs difference of the embeddings) and prints the
+figures; `mm-serve CHECKPOINT --backend onnx` then serves them. `quantize_int8` is PyTorch's dynamic quantization
+of every `nn.Linear` (int8 weights, activations quantized per batch); `mm-serve --backend int8` applies it at load.
+"""
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from modeling_mm import MMForConditionalGeneration
+
+logger = logging.getLogger("mm-export")
+
+TOWERS = ("text", "image", "audio")
+PARITY_ATOL = 1e-4  # max abs difference between ONNX Runtime's and PyTorch's fp32 embeddings
+
+
+class TowerEmbedding(nn.Module):
+    """One tower of an `MMModel` plus its projection, as a module whose forward returns the L2-normalised
+    embeddings (B, projection_dim): what the exporter traces."""
+
+    def __init__(self, model, tower: str):
+        super().__init__()
+        self.model = model.mm if isinstance(model, MMForConditionalGeneration) else model
+        self.tower = tower
+
+    def forward(self, inputs, mask=None):
+        if self.tower == "text":
+            return self.model.get_text_features(inputs, mask)
+        if self.tower == "image":
+            return self.model.get_image_features(inputs)
+        return self.model.get_audio_features(inputs, mask)
+
+
+def example_inputs(config, tower: str, batch: int = 2, length: int = 8) -> dict[str, torch.Tensor]:
+    """Inputs of the shapes the processor makes for `tower` (texts of `length` tokens, clips of `6 * length` frames),
+    for tracing and checks."""
+    generator = torch.Generator().manual_seed(0)
+    if tower == "text":
+        ids = torch.randint(3, config.text_config.vocab_size, (batch, length), generator=generator)
+        mask = torch.ones_like(ids)
+        mask[0, 6:] = 0  # one padded text, so the mask's effect is traced and checked
+        return {"input_ids": ids, "attention_mask": mask}
+    if tower == "image":
+        size = config.vision_config.image_size
+        return {"pixel_values": torch.randn(batch, 3, size, size, generator=generator)}
+    frames = min(6 * length, 2 * config.audio_config.max_source_positions)
+    mask = torch.ones(batch, frames, dtype=torch.long)
+    mask[0, frames * 3 // 4 :] = 0
+    features = torch.randn(batch, config.audio_config.num_mel_bins, frames, generator=generator)
+    return {"input_features": features, "audio_attention_mask": mask}
+
+
+def _dynamic_shapes(tower: str, inputs: dict) -> dict:
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    if tower == "text":
+        length = torch.export.Dim("length", min=2, max=4096)
+        return {name: {0: batch, 1: length} for name in inputs}
+    if tower == "image":
+        return {"pixel_values": {0: batch}}
+    frames = torch.export.Dim("frames", min=4, max=1 << 16)
+    return {"input_features": {0: batch, 2: frames}, "audio_attention_mask": {0: batch, 1: frames}}
+
+
+def export_onnx(model, output_dir, towers=TOWERS) -> dict[str, float]:
+    """Exports each tower to `<output_dir>/<tower>.onnx` with `torch.onnx.export(dynamo=True)` and returns, per tower,
+    the max abs difference between ONNX Runtime's and PyTorch's embeddings on `example_inputs` (a batch size and
+    length other than the traced ones, so the dynamic axes are exercised). Raises if one exceeds `PARITY_ATOL`."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    differences = {}
+    for tower in towers:
+        module = TowerEmbedding(model, tower).eval()
+        inputs = example_inputs(model.config, tower)
+        path = output_dir / f"{tower}.onnx"
+        with torch.no_grad():
+            program = torch.onnx.export(
+                module,
+                tuple(inputs.values()),
+                input_names=list(inputs),
+                output_names=["embeds"],
+                dynamic_shapes=dict(zip(("inputs", "mask"), _dynamic_shapes(tower, inputs).values())),
+                dynamo=True,
+            )
+        program.save(str(path), external_data=False)  # one self-contained file per tower
+        differences[tower] = onnx_parity(module, path, example_inputs(model.config, tower, batch=3, length=11))
+        if differences[tower] > PARITY_ATOL:
+            raise RuntimeError(
+                f"The exported {tower} tower differs from PyTorch by {differences[tower]:.2e} (> {PARITY_ATOL})."
+            )
+    return differences
+
+
+def onnx_parity(module, path, inputs: dict[str, torch.Tensor]) -> float:
+    """Max abs difference between `module(**inputs)` in PyTorch and the ONNX file at `path` in ONNX Runtime."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = module(*inputs.values()).numpy()
+    actual = session.run(None, {name: value.numpy() for name, value in inputs.items()})[0]
+    return float(np.abs(actual - expected).max())
+
+
+def quantize_int8(model):
+    """The model with every `nn.Linear` replaced by PyTorch's dynamically quantized int8 linear (weights stored in
+    int8 with a per-tensor scale; activations quantized on the fly), for CPU inference. Returns a new model.
+
+    torchao's int8 weight-only API targets GPUs and torch.compile; PyTorch's own dynamic quantization is the one that
+    runs (and speeds up) eager CPU inference with the fbgemm/qnnpack kernels.
+    """
+    import copy
+    import warnings
+
+    with warnings.catch_warnings():
+        # torch.ao.quantization announces its move to torchao; its int8 tensors work as documented meanwhile.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message="torch.quantize_per_tensor")
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+
+
+def int8_weight_bytes(model) -> int:
+    """Bytes of the parameters and packed int8 weights of a model from `quantize_int8` (its in-memory size; a
+    quantized module has no safetensors form, so the server quantizes the fp32 checkpoint at load time)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    for module in model.modules():
+        if isinstance(module, DynamicInt8Linear):
+            bias = module.bias()
+            total += module.weight().int_repr().numel() + (0 if bias is None else bias.numel() * bias.element_size())
+    return total
+
+
+def main(argv=None):
+    """`mm-export CHECKPOINT [--output_dir DIR]`: writes the ONNX towers and prints their parity with PyTorch."""
+    from .runner import CAPTIONER, _architectures
+    from modeling_mm import MMModel
+
+    parser = argparse.ArgumentParser(prog="mm-export", description=main.__doc__)
+    parser.add_argument("checkpoint", help="an mm checkpoint folder (or Hub id, with --output_dir)")
+    parser.add_argument("--output_dir", help="where to write the .onnx files (default: CHECKPOINT/onnx)")
+    parser.add_argument("--towers", nargs="+", choices=TOWERS, default=list(TOWERS), help="which towers to export")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    model_class = MMForConditionalGeneration if CAPTIONER in _architectures(args.checkpoint) else MMModel
+    model = model_class.from_pretrained(args.checkpoint)
+    output_dir = Path(args.output_dir or Path(args.checkpoint) / "onnx")
+    differences = export_onnx(model, output_dir, args.towers)
+    for tower, difference in differences.items():
+        size = (output_dir / f"{tower}.onnx").stat().st_size / 1e6
+        print(f"{tower:>5}: {output_dir / f'{tower}.onnx'} ({size:.1f} MB), max abs diff vs PyTorch {difference:.2e}")
+    return differences
+
+
+if __name__ == "__main__":
+    main()

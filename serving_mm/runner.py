@@ -1,0 +1,192 @@
+"""What the server runs: one loaded mm checkpoint behind a small interface (embed texts, images or audio; caption).
+
+`load_runner(path)` loads a local folder or a Hub id written by `examples/run_clip.py` or `run_captioning.py`, in
+PyTorch fp32, PyTorch with int8 dynamic quantization of its linear layers, or ONNX Runtime on towers exported by
+`serving_mm.export`. Every backend takes decoded media (strings, RGB PIL images, 1-D float waveforms at the
+processor's rate) and returns L2-normalised float32 numpy embeddings, so the server, the index builder and the
+benchmarks share one code path.
+"""
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from modeling_mm import MMForConditionalGeneration, MMModel
+from processing_mm import MMProcessor
+from training_mm.cli import load_processor
+
+logger = logging.getLogger("mm-serve")
+
+BACKENDS = ("torch", "int8", "onnx")
+CAPTIONER = "MMForConditionalGeneration"
+
+
+class TorchRunner:
+    """An `MMModel` (or the towers of an `MMForConditionalGeneration`) with its processor, in PyTorch.
+
+    Args:
+        model: an `MMModel` or `MMForConditionalGeneration`, in eval mode.
+        processor: the checkpoint's `MMProcessor`.
+        max_new_tokens: the caption length limit (default: the model's generation config).
+    """
+
+    backend = "torch"
+
+    def __init__(self, model, processor: MMProcessor, max_new_tokens: int | None = None):
+        self.captioner = model if isinstance(model, MMForConditionalGeneration) else None
+        self.model = model.mm if self.captioner is not None else model
+        self.processor = processor
+        self.max_new_tokens = max_new_tokens
+        self.sampling_rate = processor.feature_extractor.sampling_rate
+        self.logit_scale = self.model.logit_scale.exp().clamp(max=100.0).item()
+        self.logit_bias = self.model.logit_bias.item() if self.model.logit_bias is not None else 0.0
+        self.embedding_dim = self.model.config.projection_dim
+        self.loss_type = self.model.config.loss_type  # "siglip" scores are sigmoids, "clip" scores a softmax
+
+    @property
+    def capabilities(self) -> list[str]:
+        """What this checkpoint can serve: embeddings of each modality, and captions when it is a captioner."""
+        return ["text", "image", "audio"] + (["caption"] if self.captioner is not None else [])
+
+    @torch.inference_mode()
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        batch = self.processor(text=texts, return_tensors="pt")
+        return _numpy(self.model.get_text_features(batch["input_ids"], batch["attention_mask"]))
+
+    @torch.inference_mode()
+    def embed_images(self, images: list) -> np.ndarray:
+        batch = self.processor(images=images, return_tensors="pt")
+        return _numpy(self.model.get_image_features(batch["pixel_values"]))
+
+    @torch.inference_mode()
+    def embed_audio(self, clips: list[np.ndarray]) -> np.ndarray:
+        batch = self.processor(audio=clips, sampling_rate=self.sampling_rate, return_tensors="pt")
+        return _numpy(self.model.get_audio_features(batch["input_features"], batch["audio_attention_mask"]))
+
+    @torch.inference_mode()
+    def caption_images(self, images: list) -> list[str]:
+        batch = self.processor(images=images, return_tensors="pt")
+        return self._generate(pixel_values=batch["pixel_values"])
+
+    @torch.inference_mode()
+    def caption_audio(self, clips: list[np.ndarray]) -> list[str]:
+        batch = self.processor(audio=clips, sampling_rate=self.sampling_rate, return_tensors="pt")
+        features, mask = batch["input_features"], batch["audio_attention_mask"]
+        return self._generate(input_features=features, audio_attention_mask=mask)
+
+    def _generate(self, **media) -> list[str]:
+        if self.captioner is None:
+            raise CapabilityError("This checkpoint is an MMModel (embeddings only), not a captioner.")
+        kwargs = {"do_sample": False, "num_beams": 1}
+        if self.max_new_tokens is not None:
+            kwargs["max_new_tokens"] = self.max_new_tokens
+        tokens = self.captioner.generate(**media, **kwargs)
+        return [text.strip() for text in self.processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+
+
+class Int8Runner(TorchRunner):
+    """`TorchRunner` on the model with PyTorch's dynamic int8 quantization of every linear layer
+    (`serving_mm.export.quantize_int8`)."""
+
+    backend = "int8"
+
+    def __init__(self, model, processor: MMProcessor, max_new_tokens: int | None = None):
+        from .export import quantize_int8
+
+        super().__init__(quantize_int8(model), processor, max_new_tokens)
+
+
+class OnnxRunner(TorchRunner):
+    """Embeddings from the ONNX towers that `serving_mm.export` wrote (`<checkpoint>/onnx/{text,image,audio}.onnx`),
+    run with ONNX Runtime on CPU. A tower that was not exported (`mm-export --towers image`), and the caption
+    decoder, run in PyTorch; `onnx_towers` lists the ones that do not."""
+
+    backend = "onnx"
+
+    def __init__(self, model, processor: MMProcessor, onnx_dir, max_new_tokens: int | None = None):
+        import onnxruntime
+
+        super().__init__(model, processor, max_new_tokens)
+        paths = {tower: Path(onnx_dir) / f"{tower}.onnx" for tower in ("text", "image", "audio")}
+        self.sessions = {
+            tower: onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            for tower, path in paths.items()
+            if path.is_file()
+        }
+        if not self.sessions:
+            raise FileNotFoundError(
+                f"No exported tower in {onnx_dir}: run `mm-export {Path(onnx_dir).parent}` first."
+            )
+        self.onnx_towers = sorted(self.sessions)
+        logger.info("ONNX Runtime runs the %s tower(s); PyTorch runs the rest.", ", ".join(self.onnx_towers))
+
+    def embed_text(self, texts):
+        if "text" not in self.sessions:
+            return super().embed_text(texts)
+        batch = self.processor(text=texts, return_tensors="np")
+        return self._run("text", batch["input_ids"], batch["attention_mask"])
+
+    def embed_images(self, images):
+        if "image" not in self.sessions:
+            return super().embed_images(images)
+        return self._run("image", self.processor(images=images, return_tensors="np")["pixel_values"])
+
+    def embed_audio(self, clips):
+        if "audio" not in self.sessions:
+            return super().embed_audio(clips)
+        batch = self.processor(audio=clips, sampling_rate=self.sampling_rate, return_tensors="np")
+        return self._run("audio", batch["input_features"], batch["audio_attention_mask"])
+
+    def _run(self, tower, *arrays):
+        session = self.sessions[tower]
+        feed = {
+            spec.name: array.astype(np.int64 if array.dtype.kind in "iu" else np.float32)
+            for spec, array in zip(session.get_inputs(), arrays)
+        }
+        return session.run(None, feed)[0]
+
+
+class CapabilityError(LookupError):
+    """The checkpoint cannot do what was asked (e.g. captioning with an embeddings-only model)."""
+
+
+def load_runner(checkpoint: str, backend: str = "torch", max_new_tokens: int | None = None) -> TorchRunner:
+    """Loads an mm checkpoint (a local folder or a Hub id) for serving.
+
+    Args:
+        checkpoint: what `from_pretrained` takes; an `MMForConditionalGeneration` checkpoint (its config's
+            `architectures`) is loaded as a captioner, anything else as an `MMModel`.
+        backend: "torch" (fp32), "int8" (PyTorch dynamic int8 quantization of every linear layer) or "onnx"
+            (the towers in `<checkpoint>/onnx/`, from `mm-export`).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not one of {BACKENDS}.")
+    model_class = MMForConditionalGeneration if CAPTIONER in _architectures(checkpoint) else MMModel
+    model = model_class.from_pretrained(checkpoint).eval()
+    processor = load_processor(checkpoint, config=model.config)  # this package's classes, not the saved remote code
+    if backend == "int8":
+        return Int8Runner(model, processor, max_new_tokens)
+    if backend == "onnx":
+        folder = Path(checkpoint)
+        if not folder.is_dir():
+            raise ValueError(
+                f"backend='onnx' needs a local checkpoint folder with an onnx/ subfolder, got {checkpoint!r}."
+            )
+        return OnnxRunner(model, processor, folder / "onnx", max_new_tokens)
+    return TorchRunner(model, processor, max_new_tokens)
+
+
+def _architectures(checkpoint: str) -> list[str]:
+    local = Path(checkpoint) / "config.json"
+    if local.is_file():
+        return json.loads(local.read_text()).get("architectures") or []
+    from transformers import PretrainedConfig
+
+    return PretrainedConfig.get_config_dict(checkpoint)[0].get("architectures") or []
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.float().cpu().numpy()

@@ -1,0 +1,61 @@
+"""Smaller and faster: `mm-export` (ONNX, dynamo exporter) matches PyTorch within 1e-4 in ONNX Runtime and is served
+with `--backend onnx`; int8 dynamic quantization keeps cosine >= 0.99 to fp32 and the same retrieval ranking, and is
+served with `--backend int8`. (Only the image tower is exported here: each export takes ~15-40 s on this CPU; the
+benchmark exports all three, see benchmarks/bench_export.py.)"""
+
+import shutil
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from serving_testers import b64, png_bytes
+
+from serving_mm import export
+from serving_mm.app import create_app
+from serving_mm.runner import load_runner
+
+
+@pytest.fixture(scope="module")
+def fp32(trained_clip):
+    return load_runner(str(trained_clip.folder))
+
+
+def cosine(a, b):
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_onnx_export_matches_pytorch_and_is_served(trained_clip, fp32, tmp_path, capsys):
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(trained_clip.folder, checkpoint)
+    differences = export.main([str(checkpoint), "--towers", "image"])
+    assert differences["image"] <= export.PARITY_ATOL
+    assert "image: " in capsys.readouterr().out and (checkpoint / "onnx" / "image.onnx").is_file()
+
+    onnx = load_runner(str(checkpoint), backend="onnx")
+    np.testing.assert_allclose(onnx.embed_images(trained_clip.images), fp32.embed_images(trained_clip.images), atol=1e-4)
+    with TestClient(create_app(onnx)) as client:
+        assert client.get("/ready").json()["backend"] == "onnx"
+        assert client.get("/info").json()["onnx_towers"] == ["image"]  # text and audio stay in PyTorch
+        response = client.post("/embed/image", json={"images": [b64(png_bytes(trained_clip.images[1]))]})
+        np.testing.assert_allclose(response.json()["embeddings"], fp32.embed_images(trained_clip.images[1:2]), atol=1e-4)
+    with pytest.raises(FileNotFoundError, match="mm-export"):
+        load_runner(str(trained_clip.folder), backend="onnx")
+
+
+def test_int8_keeps_the_embeddings_and_the_ranking(trained_clip, fp32):
+    int8 = load_runner(str(trained_clip.folder), backend="int8")
+    pairs = {
+        "text": (fp32.embed_text(trained_clip.captions), int8.embed_text(trained_clip.captions)),
+        "image": (fp32.embed_images(trained_clip.images), int8.embed_images(trained_clip.images)),
+        "audio": (fp32.embed_audio(trained_clip.audio), int8.embed_audio(trained_clip.audio)),
+    }
+    for name, (full, quantized) in pairs.items():
+        assert cosine(full, quantized).min() >= 0.99, name
+        assert not np.allclose(full, quantized, atol=1e-6), f"{name}: int8 should not be bit-identical to fp32"
+    for gallery in ("image", "audio"):  # text->gallery recall@1 of int8 equals fp32's (all six right)
+        for texts, items in (pairs["text"][0], pairs[gallery][0]), (pairs["text"][1], pairs[gallery][1]):
+            assert ((texts @ items.T).argmax(axis=1) == np.arange(6)).all()
+    fp32_bytes = sum(p.numel() * p.element_size() for p in fp32.model.parameters())
+    assert export.int8_weight_bytes(int8.model) < 0.6 * fp32_bytes  # linear weights take a quarter of the space
+    with TestClient(create_app(int8)) as client:
+        assert client.get("/ready").json()["backend"] == "int8"
