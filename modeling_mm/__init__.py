@@ -1,8 +1,10 @@
-"""The mm model family: per-modality towers, the joint-embedding MMModel and the captioning MMForConditionalGeneration."""
+"""The mm model family: per-modality towers, the joint-embedding MMModel, the captioning MMForConditionalGeneration
+and the text-to-speech MMForTextToSpeech."""
 
 from .modeling_mm import MMModel, MMOutput
 from .modeling_mm_audio import MMAudioModel
 from .modeling_mm_generation import MMForConditionalGeneration, MMGenerationOutput
+from .modeling_mm_speech import MMForTextToSpeech, MMSpeechOutput, MMTextToSpeechOutput
 from .modeling_mm_text import MMTextModel
 from .modeling_mm_utils import MMPreTrainedModel, save_remote_code
 from .modeling_mm_vision import MMVisionModel
@@ -12,6 +14,9 @@ __all__ = [
     "MMOutput",
     "MMForConditionalGeneration",
     "MMGenerationOutput",
+    "MMForTextToSpeech",
+    "MMSpeechOutput",
+    "MMTextToSpeechOutput",
     "MMTextModel",
     "MMVisionModel",
     "MMAudioModel",
