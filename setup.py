@@ -20,6 +20,7 @@ install_requires = [
     "jiwer>=3.0",
     "tensorboard>=2.15",
     "diffusers>=0.30",
+    "torchmetrics>=1.0",  # FID/KID of generated images on the judge's own features (no Inception download)
     "tqdm",
     "numpy",
 ]
@@ -35,7 +36,8 @@ setup(
     # The model card template, for training_mm.hub.write_model_card outside a checkout.
     data_files=[("share/mm", ["model_card.md"])],
     install_requires=install_requires,
-    # setuptools: tests build a wheel (without build isolation) to check what a regular install ships.
-    extras_require={"dev": ["pytest>=8", "pytest-timeout", "setuptools>=70.1"]},
+    # setuptools: tests build a wheel (without build isolation) to check what a regular install ships. librosa: the
+    # reference mm's torch Griffin-Lim and mel spectrogram are tested against.
+    extras_require={"dev": ["pytest>=8", "pytest-timeout", "setuptools>=70.1", "librosa>=0.10"]},
     license="Apache-2.0",
 )

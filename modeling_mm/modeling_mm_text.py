@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # never executed: see DIFFUSERS_CLOSURE below
     from .modeling_mm_audio import MMAudioModel  # noqa: F401
     from .modeling_mm_decoder import MMTextDecoder  # noqa: F401
     from .modeling_mm_generation import MMForConditionalGeneration  # noqa: F401
+    from .modeling_mm_griffin_lim import MMMelSpectrogram  # noqa: F401
     from .modeling_mm_losses import hash_powers  # noqa: F401
     from .modeling_mm_speech import MMForTextToSpeech  # noqa: F401
     from .modeling_mm_vision import MMVisionModel  # noqa: F401
