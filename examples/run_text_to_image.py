@@ -219,7 +219,10 @@ def train(pipe, unet, optimizer, lr_scheduler, loader, steps, args, accelerator)
 def evaluate(pipe, judge, judge_processor, splits, held_out, model_args, args):
     """The judge's zero-shot accuracy and FID/KID for each guidance scale, real images and noise; and the images of
     the sample grid (the first 8 prompts: real, then one column per guidance scale)."""
-    rows = list(islice(single_object_rows(splits[held_out]), args.num_eval_prompts))
+    def fits(row):  # captions the text tower reads whole (a longer prompt is refused by the pipeline)
+        return len(pipe.tokenizer(row["caption"])["input_ids"]) <= pipe.max_prompt_tokens
+
+    rows = list(islice(filter(fits, single_object_rows(splits[held_out])), args.num_eval_prompts))
     if not rows:
         raise ValueError(f"The {held_out} split has no single-object scenes (label 'small|large colour shape ...').")
     size = model_args.image_size
@@ -262,8 +265,8 @@ def format_report(metrics, split, dataset_name, args):
     order = ["real", "noise"] + [f"guidance {float(s):g}" for s in args.guidance_scales.split(",")]
     lines = [
         f"{args.num_eval_prompts} (at most) single-object scenes of {dataset_name!r} {split}, "
-        f"{args.num_inference_steps} DDIM steps; judge: zero-shot over 36 'a {colour} {shape}' captions; FID/KID on the judge's image embeddings "
-        "(not Inception: not comparable to published FID):",
+        f"{args.num_inference_steps} DDIM steps; judge: zero-shot over 36 'a {{colour}} {{shape}}' captions; FID/KID "
+        "on the judge's image embeddings (not Inception: not comparable to published FID):",
         f"{'images':<14}{'colour acc':>12}{'shape acc':>12}{'both':>8}{'FID':>10}{'KID':>10}",
     ]
     for name in order:

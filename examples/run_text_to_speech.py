@@ -129,7 +129,7 @@ def speak(model, tokenizer, captions, batch_size=16):
     """Generated waveforms (numpy, trimmed to their length) of `captions`."""
     clips = []
     for start in tqdm(range(0, len(captions), batch_size), desc="Speaking"):
-        tokens = tokenizer(captions[start : start + batch_size], padding=True, return_tensors="pt")
+        tokens = tokenizer(captions[start : start + batch_size], padding=True, truncation=True, return_tensors="pt")
         out = model.generate_speech(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
         clips += [wave[:length].numpy() for wave, length in zip(out.waveform, out.waveform_lengths.tolist())]
     return clips

@@ -55,13 +55,15 @@ class MMTextToImagePipeline(DiffusionPipeline):
         return self.text_encoder.config.max_position_embeddings
 
     @torch.no_grad()
-    def encode_prompt(self, prompts, device=None):
+    def encode_prompt(self, prompts, device=None, truncation=False):
         """Token hidden states and attention mask of `prompts` (a list of strings; "" is the unconditional input).
 
         Returns `(hidden_states (B, L, D), attention_mask (B, L))`. A prompt longer than the text tower's positions is
-        an error rather than silently cut: the image would not show what was asked for.
+        an error rather than silently cut (the image would not show what was asked for), unless `truncation` (training
+        captions).
         """
-        tokens = self.tokenizer(prompts, padding=True, return_tensors="pt")
+        cut = {"truncation": True, "max_length": self.max_prompt_tokens} if truncation else {}
+        tokens = self.tokenizer(prompts, padding=True, return_tensors="pt", **cut)
         length = tokens["input_ids"].shape[1]
         if length > self.max_prompt_tokens:
             raise ValueError(
@@ -198,7 +200,8 @@ def diffusion_loss(pipe, pixel_values, prompts, drop_prompt_probability=0.1, gen
     batch = pixel_values.shape[0]
     device = pixel_values.device
     drop = torch.rand(batch, generator=generator) < drop_prompt_probability
-    hidden_states, mask = pipe.encode_prompt(["" if d else p for p, d in zip(prompts, drop.tolist())], device)
+    prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
+    hidden_states, mask = pipe.encode_prompt(prompts, device, truncation=True)
     noise = torch.randn(pixel_values.shape, generator=generator).to(device)
     steps = pipe.scheduler.config.num_train_timesteps
     timesteps = torch.randint(0, steps, (batch,), generator=generator).to(device)

@@ -51,7 +51,10 @@ def test_mel_spectrogram_matches_librosa():
 
 
 def training_batch(model, tokenizer):
-    rows = [{"caption": "a red circle", "audio": chirp(0.4)}, {"caption": "a photo of a blue star", "audio": chirp(0.7)}]
+    rows = [
+        {"caption": "a red circle", "audio": chirp(0.4)},
+        {"caption": "a photo of a blue star", "audio": chirp(0.7)},
+    ]
     for row in rows:  # the collator reads WAV bytes, as the built-in data stores them
         buffer = io.BytesIO()
         soundfile.write(buffer, row["audio"], 16000, format="WAV")

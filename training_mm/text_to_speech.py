@@ -37,7 +37,11 @@ class TextToSpeechCollator:
 
     def __call__(self, rows):
         tokens = self.tokenizer(
-            [row["caption"] for row in rows], padding=True, return_offsets_mapping=True, return_tensors="pt"
+            [row["caption"] for row in rows],
+            padding=True,
+            truncation=True,  # to the tokenizer's model_max_length: the text tower's positions
+            return_offsets_mapping=True,
+            return_tensors="pt",
         )
         mels = []
         for row in rows:
