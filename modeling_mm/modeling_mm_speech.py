@@ -98,7 +98,7 @@ class MMForTextToSpeech(MMPreTrainedModel):
         self.text_model = MMTextModel._from_config(config.text_config)
         # The head's layers are no PreTrainedModel of their own: they attend the way the tower was set up to.
         speech._attn_implementation = self.text_model.config._attn_implementation
-        self.text_projection = nn.Linear(config.text_config.hidden_size, speech.hidden_size)
+        self.speech_projection = nn.Linear(config.text_config.hidden_size, speech.hidden_size)
         self.speech_encoder = MMEncoder(speech)
         self.duration_predictor = MMDurationPredictor(speech)
         self.frame_position_embedding = nn.Embedding(speech.max_frames, speech.hidden_size)
@@ -135,7 +135,7 @@ class MMForTextToSpeech(MMPreTrainedModel):
                 "Training with `labels` needs `durations` (frames per token); see training_mm.text_to_speech."
             )
         text_states = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        states = self.text_projection(text_states)
+        states = self.speech_projection(text_states)
         speech_config = self.config.speech_config
         token_mask = create_bidirectional_mask(
             config=speech_config, inputs_embeds=states, attention_mask=attention_mask

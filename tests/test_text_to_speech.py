@@ -141,3 +141,17 @@ def test_example_trains_measures_and_writes_samples(builtin_data, tmp_path, caps
     assert "MCD (dB)" in capsys.readouterr().out
     assert (output_dir / "samples" / "00-generated.wav").is_file()
     assert (output_dir / "modeling_mm_speech.py").is_file() and (output_dir / "tokenizer.json").is_file()
+
+
+def test_a_contrastive_checkpoint_gives_its_text_tower_and_nothing_else(tmp_path):
+    from modeling_mm import MMModel
+
+    base = save_tiny_base(tmp_path / "base")
+    config = MMConfig.from_pretrained(base)
+    config.speech_config = MMSpeechConfig(**SPEECH)
+    model = MMForTextToSpeech.from_pretrained(base, config=config)
+    contrastive = MMModel.from_pretrained(base)
+    for name, weight in contrastive.text_model.state_dict().items():
+        torch.testing.assert_close(model.text_model.state_dict()[name], weight)
+    # The head's input projection is its own (the contrastive `text_projection` has the same shape here).
+    assert not torch.equal(model.speech_projection.weight, contrastive.text_projection.weight)
