@@ -68,7 +68,9 @@ class TextToSpeechCollator:
 def mel_cepstral_distortion(log_mel, reference_log_mel, num_coefficients=13):
     """Mel-cepstral distortion (dB) between two log-mel spectrograms (frames, mels) of one utterance, after dynamic
     time warping: the mean over aligned frames of (10 / ln 10) * sqrt(2 * sum_k (c_k - c'_k)^2) over cepstral
-    coefficients 1..K (c_0, the energy, excluded), the usual MCD of TTS papers. Lower is better; 0 is identical."""
+    coefficients 1..K (c_0, the energy, excluded), the formula of TTS papers. Lower is better; 0 is identical. The
+    cepstra here are the orthonormal DCT of the natural-log mel magnitudes, not SPTK mel-cepstra of a WORLD envelope,
+    so the values compare runs of this project, not published MCD."""
     cepstra = _cepstra(log_mel, num_coefficients)
     reference = _cepstra(reference_log_mel, num_coefficients)
     costs = np.sqrt(2 * ((cepstra[:, None] - reference[None]) ** 2).sum(-1)) * (10 / np.log(10))
