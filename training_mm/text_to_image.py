@@ -71,7 +71,7 @@ class JudgeImageFeatures(nn.Module):
 
 def as_uint8(images):
     """PIL images -> (B, 3, H, W) uint8 tensor."""
-    return torch.stack([torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1) for image in images])
+    return torch.stack([torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1) for image in images])
 
 
 def fid_kid(features, generated, real, kid_subset_size=50):
