@@ -20,6 +20,7 @@ install_requires = [
     "jiwer>=3.0",
     "tensorboard>=2.15",
     "diffusers>=0.30",
+    "torchmetrics>=1.0",  # FID/KID of generated images on the judge's own features (no Inception download)
     "tqdm",
     "numpy",
 ]
@@ -38,7 +39,8 @@ setup(
     install_requires=install_requires,
     # setuptools: tests build a wheel (without build isolation) to check what a regular install ships.
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout", "setuptools>=70.1"],
+        # librosa: the reference that the torch Griffin-Lim and mel spectrogram are tested against.
+        "dev": ["pytest>=8", "pytest-timeout", "setuptools>=70.1", "librosa>=0.10"],
         # mm-serve, mm-index, mm-export and their tests (the browser test also needs Debian's chromium and
         # chromium-driver, which scripts/install.sh installs).
         "serve": [

@@ -12,6 +12,8 @@ from transformers import PreTrainedConfig
 if TYPE_CHECKING:  # never executed: see REMOTE_CODE_CLOSURE below
     from .modeling_mm_generation import MMForConditionalGeneration  # noqa: F401
     from .pipeline_mm import MMImageToTextPipeline, MMSpeechRecognitionPipeline  # noqa: F401
+    from .modeling_mm_speech import MMForTextToSpeech  # noqa: F401
+    from .pipeline_mm_text_to_speech import MMTextToSpeechPipeline  # noqa: F401
 
 # Attention back-ends the encoders dispatch to through transformers' attention interface.
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
@@ -293,6 +295,64 @@ class MMDecoderConfig(MMTextConfig):
             )
 
 
+class MMSpeechConfig(_MMEncoderConfig):
+    r"""Text-to-speech head of `MMForTextToSpeech`: a non-autoregressive mel decoder (FastSpeech style) and the
+    log-mel spectrogram it writes, turned into a waveform by Griffin-Lim.
+
+    Args:
+        num_hidden_layers (`int`): layers of the phoneme-side encoder and, again, of the frame-side decoder.
+        sampling_rate (`int`): the waveform's rate, in Hz.
+        n_fft, hop_length (`int`): STFT size and hop (samples) of the spectrogram and of Griffin-Lim.
+        num_mel_bins (`int`): mel channels of the spectrogram (Slaney mel scale, magnitude, natural log).
+        max_frames (`int`): the longest spectrogram, in frames, the decoder has positions for.
+        griffin_lim_iterations (`int`): phase-reconstruction iterations when a waveform is made.
+        Other arguments: see `_MMEncoderConfig` (hidden_size, heads, ...).
+
+    Example:
+    ```python
+    >>> from configuration_mm import MMSpeechConfig
+    >>> MMSpeechConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4).hop_length
+    256
+    ```
+    """
+
+    model_type = "mm_speech"
+    base_config_key = "speech_config"
+
+    def __init__(
+        self,
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        sampling_rate=16000,
+        n_fft=1024,
+        hop_length=256,
+        num_mel_bins=80,
+        max_frames=512,
+        griffin_lim_iterations=32,
+        **kwargs,
+    ):
+        self.sampling_rate = sampling_rate
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.num_mel_bins = num_mel_bins
+        self.max_frames = max_frames
+        self.griffin_lim_iterations = griffin_lim_iterations
+        super().__init__(
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_hidden_layers=num_hidden_layers,
+            num_attention_heads=num_attention_heads,
+            **kwargs,
+        )
+        _check_positive(
+            self, "sampling_rate", "n_fft", "hop_length", "num_mel_bins", "max_frames", "griffin_lim_iterations"
+        )
+        if hop_length > n_fft:
+            raise ValueError(f"MMSpeechConfig.hop_length ({hop_length}) must be <= n_fft ({n_fft}).")
+
+
 # What the decoder always takes from the text tower: they share one tokenizer.
 _TOKENIZER_FIELDS = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")
 
@@ -307,6 +367,7 @@ class MMConfig(PreTrainedConfig):
             (pairwise sigmoid with a learnable temperature and bias).
         logit_scale_init_value (`float`): initial log of the temperature's inverse (CLIP: ln(1/0.07)).
         logit_bias_init_value (`float`): initial bias of the sigmoid loss (SigLIP: -10).
+        speech_config (`dict` or `MMSpeechConfig`): the text-to-speech head of `MMForTextToSpeech`.
         decoder_config (`dict` or `MMDecoderConfig`): the caption decoder of `MMForConditionalGeneration`. Its
             `vocab_size` and special token ids are always `text_config`'s (one tokenizer serves both), and its
             `max_position_embeddings` defaults to `text_config`'s.
@@ -329,6 +390,7 @@ class MMConfig(PreTrainedConfig):
         "vision_config": MMVisionConfig,
         "audio_config": MMAudioConfig,
         "decoder_config": MMDecoderConfig,
+        "speech_config": MMSpeechConfig,
     }
 
     def __init__(
@@ -344,6 +406,7 @@ class MMConfig(PreTrainedConfig):
         contrastive_loss_weight=0.0,
         decoder_config=None,
         tie_word_embeddings=True,
+        speech_config=None,
         **kwargs,
     ):
         self.text_config = _as_config(MMTextConfig, text_config)
@@ -354,6 +417,7 @@ class MMConfig(PreTrainedConfig):
             defaults = {"max_position_embeddings": text_length} if text_length else {}
             decoder_config = {**defaults, **(decoder_config or {})}
         self.decoder_config = _as_config(MMDecoderConfig, decoder_config)
+        self.speech_config = _as_config(MMSpeechConfig, speech_config)
         # One tokenizer serves the text tower and the decoder: the decoder's vocabulary and special tokens are the
         # text tower's, also when that tower is swapped for another architecture (MMModel.from_encoders).
         for name in _TOKENIZER_FIELDS:
@@ -395,7 +459,7 @@ class MMConfig(PreTrainedConfig):
             raise ValueError(f"Unknown mm preset {name!r}; choose one of {sorted(PRESETS)}.")
         kwargs = {key: dict(value) if isinstance(value, dict) else value for key, value in PRESETS[name].items()}
         for key, value in overrides.items():
-            kwargs[key] = {**kwargs[key], **value} if isinstance(value, dict) and key in cls.sub_configs else value
+            kwargs[key] = {**kwargs.get(key, {}), **value} if isinstance(value, dict) and key in cls.sub_configs else value
         return cls(**kwargs)
 
 
@@ -427,6 +491,7 @@ AUTO_MAP = {
     "AutoModelForVision2Seq": "modeling_mm_generation.MMForConditionalGeneration",
     "AutoModelForSpeechSeq2Seq": "modeling_mm_generation.MMForConditionalGeneration",
     "AutoModelForCausalLM": "modeling_mm_generation.MMForConditionalGeneration",
+    "AutoModelForTextToWaveform": "modeling_mm_speech.MMForTextToSpeech",
 }
 # `pipeline()` reads this entry before its own task table, which is what makes "image-to-text" work on
 # every transformers 5.x (the task was removed in 5.0-5.18 and rerouted to image-text-to-text later).
@@ -441,6 +506,13 @@ CUSTOM_PIPELINES = {
         "impl": "pipeline_mm.MMSpeechRecognitionPipeline",
         "pt": ["AutoModelForSpeechSeq2Seq"],
         "type": "audio",
+    },
+    # transformers' text-to-audio pipeline attaches a vocoder only to its own spectrogram models; mm's head returns the
+    # waveform itself. Both names of the task, since a custom entry is looked up before aliases are resolved.
+    **{
+        task: {"impl": "pipeline_mm_text_to_speech.MMTextToSpeechPipeline", "pt": ["AutoModelForTextToWaveform"],
+               "type": "text"}
+        for task in ("text-to-speech", "text-to-audio")
     },
 }
 # REMOTE_CODE_CLOSURE: transformers copies a remote-code class's file and the files it relatively imports (found by a

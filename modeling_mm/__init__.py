@@ -1,4 +1,5 @@
-"""The mm model family: per-modality towers, the joint-embedding MMModel and the captioning MMForConditionalGeneration.
+"""The mm model family: per-modality towers, the joint-embedding MMModel, the captioning MMForConditionalGeneration
+and the text-to-speech MMForTextToSpeech.
 
 Importing it registers the classes with transformers' Auto classes, so a saved mm folder loads with
 `AutoModel.from_pretrained(folder)` without `trust_remote_code` where mm is installed. A checkpoint still loads its
@@ -21,6 +22,7 @@ from .modeling_mm import MMModel, MMOutput
 from .modeling_mm_audio import MMAudioModel
 from .modeling_mm_decoder import MMTextDecoder
 from .modeling_mm_generation import MMForConditionalGeneration, MMGenerationOutput
+from .modeling_mm_speech import MMForTextToSpeech, MMSpeechOutput, MMTextToSpeechOutput
 from .modeling_mm_text import MMTextModel
 from .modeling_mm_utils import MMPreTrainedModel, save_remote_code
 from .modeling_mm_vision import MMVisionModel
@@ -30,6 +32,9 @@ __all__ = [
     "MMOutput",
     "MMForConditionalGeneration",
     "MMGenerationOutput",
+    "MMForTextToSpeech",
+    "MMSpeechOutput",
+    "MMTextToSpeechOutput",
     "MMTextModel",
     "MMVisionModel",
     "MMAudioModel",

@@ -1,11 +1,33 @@
 """Text tower: token + learned position embeddings, a bidirectional transformer, mean pooling over real tokens."""
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from transformers.utils import can_return_tuple
 
 from .modeling_mm_layers import MMTowerModel
 from .modeling_mm_utils import MMTextConfig
+
+if TYPE_CHECKING:  # never executed: see DIFFUSERS_CLOSURE below
+    from .configuration_mm import MMConfig  # noqa: F401
+    from .modeling_mm import MMModel  # noqa: F401
+    from .feature_extraction_mm import read_audio  # noqa: F401
+    from .modeling_mm_audio import MMAudioModel  # noqa: F401
+    from .modeling_mm_audio_adapter import encode_audio  # noqa: F401
+    from .modeling_mm_decoder import MMTextDecoder  # noqa: F401
+    from .modeling_mm_generation import MMForConditionalGeneration  # noqa: F401
+    from .modeling_mm_griffin_lim import MMMelSpectrogram  # noqa: F401
+    from .modeling_mm_long_attention import LONG_INPUT_ATTENTION_FUNCTIONS  # noqa: F401
+    from .modeling_mm_losses import hash_powers  # noqa: F401
+    from .modeling_mm_speech import MMForTextToSpeech  # noqa: F401
+    from .modeling_mm_vision import MMVisionModel  # noqa: F401
+    from .pipeline_mm import MMImageToTextPipeline  # noqa: F401
+    from .pipeline_mm_text_to_speech import MMTextToSpeechPipeline  # noqa: F401
+# DIFFUSERS_CLOSURE: the text tower is the `text_encoder` of the diffusers text-to-image pipeline, where diffusers loads
+# it as a custom component from `text_encoder/modeling_mm_text.py`, copying into its module cache only the files this
+# file imports relatively (found by a regex, so also inside `if TYPE_CHECKING:`), not their own imports. The imports
+# above put every remote-code file there, so the tower imports and a loaded pipeline saves again.
 
 
 class MMTextEmbeddings(nn.Module):

@@ -13,11 +13,14 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .modeling_mm_losses import hash_powers
 
 try:  # flat Hub folder (remote code): the config file sits next to this one
-    from .configuration_mm import MMAudioConfig, MMConfig, MMTextConfig, MMVisionConfig
+    from .configuration_mm import MMAudioConfig, MMConfig, MMSpeechConfig, MMTextConfig, MMVisionConfig
 except ImportError:  # installed package: the config lives in the sibling package `configuration_mm`
-    from configuration_mm import MMAudioConfig, MMConfig, MMTextConfig, MMVisionConfig
+    from configuration_mm import MMAudioConfig, MMConfig, MMSpeechConfig, MMTextConfig, MMVisionConfig
 
-__all__ = ["CACHE_NAME", "MMPreTrainedModel", "MMConfig", "MMTextConfig", "MMVisionConfig", "MMAudioConfig", "save_remote_code"]
+__all__ = [
+    "CACHE_NAME", "MMPreTrainedModel", "MMConfig", "MMTextConfig", "MMVisionConfig", "MMAudioConfig", "MMSpeechConfig",
+    "save_remote_code",
+]  # fmt: skip
 
 # What the running transformers calls the decoding cache in model outputs, in `generate`'s model kwargs and in the
 # `forward` keyword it passes: `past_key_values` up to 5.23, `cache` from 5.24 (which still accepts the old name, with a
@@ -40,8 +43,11 @@ REMOTE_CODE_FILES = {
         "modeling_mm.py",
         "modeling_mm_decoder.py",
         "modeling_mm_generation.py",
+        "modeling_mm_griffin_lim.py",
+        "modeling_mm_speech.py",
     ),
-    "processing_mm": ("pipeline_mm.py", "feature_extraction_mm.py"),  # the pipeline reads audio files with the latter
+    # pipeline_mm reads audio files with feature_extraction_mm
+    "processing_mm": ("pipeline_mm.py", "feature_extraction_mm.py", "pipeline_mm_text_to_speech.py"),
 }
 
 

@@ -6,6 +6,7 @@ Each script keeps what is its own (its arguments, model, evaluation and card con
 so a fix to, say, the output-folder guard reaches all three.
 """
 
+import importlib.util
 import logging
 import shutil
 import sys
@@ -384,6 +385,29 @@ def image_size_of(vision_config):
     """The square image side a vision tower's config expects (224 for one that does not say)."""
     size = getattr(vision_config, "image_size", 224)
     return size if isinstance(size, int) else max(size)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+# The contrastive checkpoint run_clip.py writes with no arguments: the text tower and judge of the generation examples.
+DEFAULT_CHECKPOINT = "outputs/run_clip-small"
+
+
+def ensure_checkpoint(path, data_args):
+    """`path`, after training it with examples/run_clip.py (no other arguments than the data sizes) when it is
+    `DEFAULT_CHECKPOINT` and does not exist yet; any other path is returned as given."""
+    if Path(path).is_dir() or path != DEFAULT_CHECKPOINT:
+        return path
+    script = Path(__file__).resolve().parents[1] / "examples" / "run_clip.py"
+    if not script.is_file():
+        raise FileNotFoundError(f"{path} does not exist, and {script} is not there to train it; pass a checkpoint.")
+    logger.info("%s does not exist: training it with examples/run_clip.py first (~5 min on 2 CPU cores).", path)
+    spec = importlib.util.spec_from_file_location("run_clip", script)
+    run_clip = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_clip)
+    sizes = {"--num_train_samples": data_args.num_train_samples, "--num_eval_samples": data_args.num_eval_samples}
+    run_clip.main(["--output_dir", path, *(str(item) for pair in sizes.items() for item in pair)])
+    return path
 
 
 # ------------------------------------------------------------------------------------------------ processor
