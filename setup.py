@@ -36,6 +36,10 @@ setup(
     data_files=[("share/mm", ["model_card.md"])],
     install_requires=install_requires,
     # setuptools: tests build a wheel (without build isolation) to check what a regular install ships.
-    extras_require={"dev": ["pytest>=8", "pytest-timeout", "setuptools>=70.1"]},
+    # bench: the anchors benchmarks/bench_meta_controller.py compares the meta-controller with (also tested).
+    extras_require={
+        "dev": ["pytest>=8", "pytest-timeout", "setuptools>=70.1", "prodigyopt>=1.1", "schedulefree>=1.4"],
+        "bench": ["prodigyopt>=1.1", "schedulefree>=1.4"],
+    },
     license="Apache-2.0",
 )

@@ -20,4 +20,4 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   # On a GPU machine, install the torch build for your CUDA first and this step is skipped.
   "$PY" -m pip install -q "torch==${MM_TORCH_VERSION:-2.13.0}"
 fi
-"$PY" -m pip install -q -e ".[dev]"
+"$PY" -m pip install -q -e ".[dev,bench]"
