@@ -50,10 +50,11 @@ from pathlib import Path
 import torch
 import transformers
 
-import training_mm.meta_controller as meta_controller
-
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Measure the code beside this file, also where another checkout of mm is installed (run_clip imports it too).
+sys.path.insert(0, str(REPO_ROOT))
+import training_mm.meta_controller as meta_controller  # noqa: E402
 MODES = {
     # steps, seeds, built-in training scenes; 256 scenes in each of validation and test.
     "quick": dict(steps=120, seeds=(0,), num_train_samples=1024),
