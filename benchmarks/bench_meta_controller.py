@@ -25,6 +25,7 @@ equal weights.
     python benchmarks/bench_meta_controller.py --quick   # seed 0, 120 steps: 19 runs
     python benchmarks/bench_meta_controller.py           # seeds 0-2, 300 steps: 57 runs (~2 h on 2 CPU cores)
     python benchmarks/bench_meta_controller.py --sweep   # re-measures the tuned AdamW LR first (no controller)
+    ... --jobs N                                         # N runs at a time, one thread each (results unchanged)
 
 `TUNED_LEARNING_RATE` is the best mean eval loss of `--sweep` over `SWEEP` (AdamW, 64 pairs per batch, 5% warmup,
 cosine decay, one thread): 300 steps, seeds 0-2: 2.97, 2.68, 2.71, 2.64, 3.06 for 5e-4 ... 5e-3; 120 steps
