@@ -39,8 +39,11 @@ setup(
     install_requires=install_requires,
     # setuptools: tests build a wheel (without build isolation) to check what a regular install ships.
     extras_require={
-        # librosa: the reference that the torch Griffin-Lim and mel spectrogram are tested against.
-        "dev": ["pytest>=8", "pytest-timeout", "setuptools>=70.1", "librosa>=0.10"],
+        # librosa: the reference that the torch Griffin-Lim and mel spectrogram are tested against; prodigyopt and
+        # schedulefree: the meta-controller benchmark's anchors, which its tests build.
+        "dev": ["pytest>=8", "pytest-timeout", "setuptools>=70.1", "librosa>=0.10", "prodigyopt>=1.1", "schedulefree>=1.4"],
+        # bench: the optimizers benchmarks/bench_meta_controller.py compares the meta-controller with.
+        "bench": ["prodigyopt>=1.1", "schedulefree>=1.4"],
         # mm-serve, mm-index, mm-export and their tests (the browser test also needs Debian's chromium and
         # chromium-driver, which scripts/install.sh installs).
         "serve": [

@@ -374,6 +374,9 @@ class MMConfig(PreTrainedConfig):
         caption_loss_weight, contrastive_loss_weight: weights of the captioning and contrastive losses when the
             generation head trains on both (CoCa style); see `MMForConditionalGeneration`.
         tie_word_embeddings (`bool`): share the decoder's input embeddings with its output layer.
+        contrastive_pair_weights (`dict[str, float]`, optional): relative weights of the modality pairs in the
+            contrastive loss, keyed `"image_text"`, `"audio_text"`, `"audio_image"` (a missing pair weighs 1);
+            None averages the pairs equally. The meta-controller sets it with `pair_weights=True`.
 
     Example:
     ```python
@@ -407,6 +410,7 @@ class MMConfig(PreTrainedConfig):
         decoder_config=None,
         tie_word_embeddings=True,
         speech_config=None,
+        contrastive_pair_weights=None,
         **kwargs,
     ):
         self.text_config = _as_config(MMTextConfig, text_config)
@@ -430,6 +434,7 @@ class MMConfig(PreTrainedConfig):
         self.logit_bias_init_value = logit_bias_init_value
         self.caption_loss_weight = caption_loss_weight
         self.contrastive_loss_weight = contrastive_loss_weight
+        self.contrastive_pair_weights = contrastive_pair_weights
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         kwargs.setdefault("custom_pipelines", dict(CUSTOM_PIPELINES))
         super().__init__(**kwargs)
@@ -439,6 +444,14 @@ class MMConfig(PreTrainedConfig):
         for name in ("caption_loss_weight", "contrastive_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"MMConfig.{name} must be >= 0, got {getattr(self, name)!r}.")
+        if contrastive_pair_weights is not None and (
+            not set(contrastive_pair_weights) <= {"image_text", "audio_text", "audio_image"}
+            or not all(w >= 0 for w in contrastive_pair_weights.values())
+        ):
+            raise ValueError(
+                f"MMConfig.contrastive_pair_weights takes non-negative weights keyed 'image_text', 'audio_text', "
+                f"'audio_image'; got {contrastive_pair_weights!r}."
+            )
         _check_attn_implementation(self)
 
     def get_text_config(self, decoder=None, encoder=None):

@@ -20,7 +20,8 @@ class MMOutput(ModelOutput):
     """Output of `MMModel.forward`. Embeddings are L2-normalised; logits are scaled cosine similarities.
 
     Attributes:
-        loss: contrastive loss averaged over every present modality pair (with `return_loss=True`).
+        loss: contrastive loss averaged over every present modality pair (with `return_loss=True`), weighted by
+            `config.contrastive_pair_weights` when set.
         logits_per_image: (n_images, n_texts). logits_per_text: its transpose (CLIP's naming).
         logits_per_audio: (n_audios, n_texts). logits_per_audio_image: (n_audios, n_images).
         text_embeds, image_embeds, audio_embeds: (n, projection_dim).
@@ -262,7 +263,12 @@ class MMModel(MMPreTrainedModel):
         positives = global_ids[:, None] == global_ids[None, :]
         loss_fn = CONTRASTIVE_LOSSES[self.config.loss_type]
         losses = [loss_fn(global_embeds[a] @ global_embeds[b].t() * scale + bias, positives) for a, b in pairs]
-        return torch.stack(losses).mean()
+        losses = torch.stack(losses)
+        pair_weights = getattr(self.config, "contrastive_pair_weights", None)  # e.g. set by the meta-controller
+        if not pair_weights:
+            return losses.mean()
+        weights = losses.new_tensor([pair_weights.get(f"{a}_{b}", 1.0) for a, b in pairs])
+        return (losses * weights).sum() / weights.sum()
 
 
 def _build_tower(mm_class, config):

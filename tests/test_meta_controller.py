@@ -277,3 +277,190 @@ def test_resume_with_different_arguments_is_refused(tmp_path):
 def test_bad_arguments_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MetaControllerCallback(**kwargs)
+
+
+# ---- rules only, the learned policies, architectural adaptations, the benchmark's anchors ----------------------
+
+
+def test_rules_only_has_no_learned_part_and_waits_for_the_loss_trend(tmp_path):
+    """policy="rules" (the ablation's rules-only arm): the hypergradient that lets the full controller raise a too
+    low LR within two windows does not move it; only the bold driver does, once it has TREND_WINDOWS windows."""
+    rules, full = MetaControllerCallback(policy="rules"), MetaControllerCallback()
+    train_toy(tmp_path / "rules", TUNED_LR / 10, rules, steps=30)
+    train_toy(tmp_path / "full", TUNED_LR / 10, full, steps=30)
+    column = HISTORY_COLUMNS.index("decided_log_multiplier")
+    assert [math.exp(row[column]) for row in rules.history[:2]] == pytest.approx([START_MULTIPLIER] * 2)
+    assert math.exp(full.history[1][column]) > 2 * START_MULTIPLIER
+    assert rules.policy is None and not hasattr(rules, "lstm")
+    rules.save(tmp_path)
+    restored = MetaControllerCallback(policy="rules")
+    restored.load(tmp_path)
+    assert restored.multiplier == rules.multiplier and restored.history == rules.history
+    with pytest.raises(ValueError, match="policy.*same arguments"):
+        MetaControllerCallback().load(tmp_path)
+
+
+def test_trend_policy_trains_and_resumes_identically(tmp_path):
+    lr, common = TUNED_LR / 10, {"steps": 60, "save_strategy": "steps", "save_steps": 30}
+    controller = MetaControllerCallback(policy="trend")
+    _, uninterrupted = train_toy(tmp_path, lr, controller, **common)
+    assert len(controller.policy.targets) == 5  # it learned from every window after the first decision
+    final = SnapshotAtStep(controller, 60).take()
+    resumed_controller = MetaControllerCallback(policy="trend")
+    checkpoint = str(tmp_path / "checkpoint-30")
+    _, resumed = train_toy(tmp_path, lr, resumed_controller, resume_from_checkpoint=checkpoint, **common)
+    assert_same_state(SnapshotAtStep(resumed_controller, 60).take(), final)
+    assert all(torch.equal(uninterrupted.model.state_dict()[k], v) for k, v in resumed.model.state_dict().items())
+
+
+def test_contrastive_pair_weights_weight_the_pairs_and_default_to_the_mean():
+    from configuration_mm import MMConfig
+    from modeling_mm import MMModel
+
+    torch.manual_seed(0)
+    model = MMModel(MMConfig.from_preset("tiny"))
+    generator = torch.Generator().manual_seed(0)
+    batch = dict(
+        input_ids=torch.randint(4, 400, (4, 8), generator=generator),
+        pixel_values=torch.randn(4, 3, 32, 32, generator=generator),
+        input_features=torch.randn(4, 32, 50, generator=generator),
+        return_loss=True,
+    )
+    all_pairs = model(**batch).loss
+    image_text = model(**{k: v for k, v in batch.items() if k != "input_features"}).loss
+    model.config.contrastive_pair_weights = {"image_text": 1.0, "audio_text": 1.0, "audio_image": 1.0}
+    torch.testing.assert_close(model(**batch).loss, all_pairs)
+    model.config.contrastive_pair_weights = {"image_text": 2.0, "audio_text": 0.0, "audio_image": 0.0}
+    torch.testing.assert_close(model(**batch).loss, image_text)
+    with pytest.raises(ValueError, match="contrastive_pair_weights.*'image_video'"):
+        MMConfig.from_preset("tiny", contrastive_pair_weights={"image_video": 1.0})
+
+
+class AudioWeightSpy(TrainerCallback):
+    """Records the first audio-tower weight when training begins and after each step."""
+
+    def __init__(self):
+        self.at_step = {}
+
+    def record(self, state, model):
+        self.at_step[state.global_step] = next(model.audio_model.parameters()).detach().clone()
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.record(state, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.record(state, model)
+
+
+def train_tiny_mm(output_dir, *callbacks, steps=12, **kwargs):
+    """A few Trainer steps of the tiny MMModel on fixed random text/image/audio; returns the trainer."""
+    from configuration_mm import MMConfig
+    from modeling_mm import MMModel
+    from transformers import default_data_collator
+
+    torch.manual_seed(0)
+    model = MMModel(MMConfig.from_preset("tiny"))
+    model.config.modality_dropout = 0.1  # a model reading a dropout rate from its config (the hook is generic)
+    generator = torch.Generator().manual_seed(0)
+    rows = [
+        {
+            "input_ids": torch.randint(4, 400, (8,), generator=generator),
+            "pixel_values": torch.randn(3, 32, 32, generator=generator),
+            "input_features": torch.randn(32, 50, generator=generator) * 0.1,
+        }
+        for _ in range(32)
+    ]
+    args = TrainingArguments(
+        output_dir, max_steps=steps, learning_rate=1e-3, per_device_train_batch_size=8, report_to="none",
+        use_cpu=True, disable_tqdm=True, logging_steps=3, save_strategy="steps", save_steps=6, seed=0, **kwargs,
+    )  # fmt: skip
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=rows,
+        data_collator=lambda batch: {**default_data_collator(batch), "return_loss": True},
+        callbacks=list(callbacks),
+    )
+    trainer.train(resume_from_checkpoint=kwargs.get("resume_from_checkpoint"))
+    return trainer
+
+
+ADAPTATIONS = dict(interval=3, pair_weights=True, dropout_attribute="modality_dropout", staged_modules=("audio_model",))
+
+
+def test_adaptations_are_logged_recorded_in_the_config_and_resumed_exactly(tmp_path):
+    import json
+
+    controller, spy = MetaControllerCallback(**ADAPTATIONS), AudioWeightSpy()
+    trainer = train_tiny_mm(tmp_path, controller, spy)
+    weights = controller.adaptations.pair_weights
+    assert set(weights) == {"image_text", "audio_text", "audio_image"} and len(set(weights.values())) == 3
+    assert trainer.model.config.contrastive_pair_weights == weights
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    expected = {"meta_pair_weight_audio_text", "meta_modality_dropout", "meta_released_audio_model"}
+    assert all(expected <= entry.keys() for entry in logs)
+    # The checkpoint's config says what the model trained with.
+    saved = json.loads((tmp_path / "checkpoint-6" / "config.json").read_text())
+    record = saved["meta_controller_adaptations"]
+    assert record["contrastive_pair_weights"] == saved["contrastive_pair_weights"]
+    assert record["modality_dropout"] == saved["modality_dropout"] == 0.1
+    assert record["staged_modules_released_at_step"] == {"audio_model": None}
+    # The staged audio tower is held until the loss has plateaued over 3 windows, which it cannot before step 9.
+    held = spy.at_step
+    assert all(torch.equal(held[step], held[0]) for step in range(9))
+    released = controller.adaptations.released_at["audio_model"]
+    assert (released is None) == torch.equal(held[12], held[0])
+    # Resume from step 6: the adaptations continue exactly as in the uninterrupted run.
+    resumed_controller = MetaControllerCallback(**ADAPTATIONS)
+    resumed = train_tiny_mm(tmp_path, resumed_controller, resume_from_checkpoint=str(tmp_path / "checkpoint-6"))
+    assert resumed_controller.adaptations.state() == controller.adaptations.state()
+    assert all(torch.equal(trainer.model.state_dict()[k], v) for k, v in resumed.model.state_dict().items())
+    assert resumed.model.config.contrastive_pair_weights == weights
+
+
+def test_modality_dropout_rises_when_the_eval_metric_worsens_while_the_loss_falls():
+    from types import SimpleNamespace
+
+    from training_mm.meta_adaptations import DROPOUT_STEP, Adaptations
+
+    model = SimpleNamespace(config=SimpleNamespace(modality_dropout=0.1), named_parameters=lambda: iter(()))
+    adaptations = Adaptations(dropout_attribute="modality_dropout")
+    adaptations.begin(model, fresh=True)
+    logs = adaptations.decide(model, 10, loss_plateaued=False, loss_fell=True, eval_trend=-0.05)  # eval improved
+    assert logs["meta_modality_dropout"] == model.config.modality_dropout == 0.1
+    adaptations.decide(model, 20, loss_plateaued=False, loss_fell=True, eval_trend=0.05)  # eval got worse
+    assert model.config.modality_dropout == pytest.approx(0.1 + DROPOUT_STEP)
+    assert model.config.meta_controller_adaptations == {"modality_dropout": model.config.modality_dropout}
+    with pytest.raises(ValueError, match="no attribute 'fusion_dropout'"):
+        Adaptations(dropout_attribute="fusion_dropout").begin(model, fresh=True)
+
+
+def test_anchor_optimizers_of_the_benchmark_build_and_step(tmp_path):
+    """The ablation's anchors: Prodigy through Trainer's `optimizers=`, Schedule-Free AdamW through `optim=`."""
+    from importlib.util import module_from_spec, spec_from_file_location
+    from pathlib import Path
+
+    from prodigyopt import Prodigy
+    from schedulefree import AdamWScheduleFree
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_meta_controller.py"
+    spec = spec_from_file_location("bench_meta_controller", path)
+    bench = module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = dict(max_steps=5, per_device_train_batch_size=64, report_to="none", use_cpu=True, disable_tqdm=True)
+    prodigy = bench.prodigy_trainer(Trainer)(
+        model=ToyRegressor(), args=TrainingArguments(tmp_path / "p", learning_rate=1.0, **args), train_dataset=TRAIN
+    )
+    before = [p.clone() for p in prodigy.model.parameters()]
+    prodigy.train()
+    assert isinstance(prodigy.optimizer.optimizer, Prodigy)
+    assert any(not torch.equal(a, b) for a, b in zip(before, prodigy.model.parameters()))
+    free = Trainer(
+        model=ToyRegressor(),
+        args=TrainingArguments(tmp_path / "s", learning_rate=TUNED_LR, optim="schedule_free_adamw", **args),
+        train_dataset=TRAIN,
+        eval_dataset=EVAL,
+    )
+    free.train()
+    assert isinstance(free.optimizer.optimizer, AdamWScheduleFree)
+    assert math.isfinite(free.evaluate()["eval_loss"])

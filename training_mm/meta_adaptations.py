@@ -1,0 +1,161 @@
+"""Architectural adaptations the meta-controller makes besides the learning rate, each off unless asked:
+
+- `pair_weights`: per-modality-pair weights of MMModel's contrastive loss (`config.contrastive_pair_weights`).
+  A pair whose loss has fallen less, relative to its first window, gets more weight (a weak modality that learns
+  slower is pushed harder); the weights average 1, so the loss keeps its scale.
+- `dropout_attribute`: the name of a config attribute holding a modality-dropout rate that the model reads at
+  each forward (e.g. `"modality_dropout"`). After an evaluation whose metric got worse while the training loss
+  fell, the rate rises by `DROPOUT_STEP`, up to `DROPOUT_MAX`.
+- `staged_modules`: parameter-name prefixes (e.g. `("vision_model",)`) held frozen, i.e. their gradients are
+  dropped before each optimizer step so the optimizer skips them, until the training loss of the rest stops
+  falling significantly; then they train.
+
+The values in force are written to the model's config (`config.meta_controller_adaptations`, plus the fields the
+model reads), so a saved checkpoint records what it trained with, and logged as `meta_*` values.
+"""
+
+import torch
+
+from .meta_signals import mean
+
+
+# (pair name in config.contrastive_pair_weights, MMOutput logits field): the pairs MMModel scores.
+PAIR_LOGITS = (
+    ("image_text", "logits_per_image"),
+    ("audio_text", "logits_per_audio"),
+    ("audio_image", "logits_per_audio_image"),
+)
+PAIR_WEIGHT_RANGE = (0.25, 4.0)
+PAIR_WEIGHT_SMOOTHING = 0.5  # share of the new target weight taken at each decision
+DROPOUT_STEP = 0.05
+DROPOUT_MAX = 0.5
+
+
+class Adaptations:
+    def __init__(self, pair_weights=False, dropout_attribute=None, staged_modules=()):
+        self.pair_weights_on = pair_weights
+        self.dropout_attribute = dropout_attribute
+        self.staged_modules = tuple(staged_modules)
+        self.reset()
+
+    @property
+    def active(self):
+        return self.pair_weights_on or self.dropout_attribute is not None or bool(self.staged_modules)
+
+    def reset(self):
+        # JSON-serialisable, checkpointed as is.
+        self.pair_weights = None  # {pair: weight}
+        self.pair_reference = {}  # {pair: mean loss of its first window}
+        self.pair_window = {}  # {pair: [sum, count]} of the current window
+        self.dropout_rate = None
+        self.released_at = {prefix: None for prefix in self.staged_modules}
+
+    def begin(self, model, fresh):
+        """Check the model offers what was asked for, and write the values in force into its config."""
+        if not self.active:
+            return
+        config = model.config
+        if self.dropout_attribute is not None:
+            if not hasattr(config, self.dropout_attribute):
+                raise ValueError(
+                    f"MetaControllerCallback(dropout_attribute={self.dropout_attribute!r}): the model's config has no "
+                    f"attribute {self.dropout_attribute!r}. Pass the name of the config field holding the modality-"
+                    f"dropout rate the model reads at each forward, or None."
+                )
+            if fresh or self.dropout_rate is None:
+                self.dropout_rate = float(getattr(config, self.dropout_attribute) or 0.0)
+        names = [name for name, p in model.named_parameters()]
+        for prefix in self.staged_modules:
+            held = [p for name, p in model.named_parameters() if name.startswith(prefix)]
+            if not held:
+                raise ValueError(
+                    f"MetaControllerCallback(staged_modules=...): no parameter name starts with {prefix!r}; names "
+                    f"start with e.g. {sorted({n.split('.')[0] for n in names})}."
+                )
+            if not all(p.requires_grad for p in held):
+                raise ValueError(
+                    f"MetaControllerCallback(staged_modules=...): the parameters under {prefix!r} must be trainable "
+                    f"(requires_grad=True) when Trainer builds its optimizer; the controller holds them until they "
+                    f"should train."
+                )
+        self.apply(model)
+
+    def observe(self, output):
+        """Per-pair contrastive losses of a training forward (symmetric cross-entropy on the diagonal)."""
+        if not self.pair_weights_on:
+            return
+        for pair, field in PAIR_LOGITS:
+            logits = getattr(output, field, None) if not isinstance(output, dict) else output.get(field)
+            if logits is None or logits.ndim != 2 or logits.shape[0] != logits.shape[1]:
+                continue
+            logits = logits.detach().float()
+            targets = torch.arange(logits.shape[0], device=logits.device)
+            loss = (
+                torch.nn.functional.cross_entropy(logits, targets) + torch.nn.functional.cross_entropy(logits.t(), targets)
+            ) / 2
+            total = self.pair_window.setdefault(pair, [0.0, 0])
+            total[0] += loss.item()
+            total[1] += 1
+
+    def hold(self, model):
+        """Drop the gradients of the staged modules not yet released, so the optimizer skips them."""
+        prefixes = tuple(prefix for prefix, step in self.released_at.items() if step is None)
+        if not prefixes:
+            return
+        for name, parameter in model.named_parameters():
+            if name.startswith(prefixes):
+                parameter.grad = None
+
+    def decide(self, model, step, loss_plateaued, loss_fell, eval_trend):
+        """One decision: returns the `meta_*` values to log."""
+        logs = {}
+        if self.pair_weights_on and self.pair_window:
+            losses = {pair: total / count for pair, (total, count) in self.pair_window.items() if count}
+            for pair, loss in losses.items():
+                self.pair_reference.setdefault(pair, loss)
+            progress = {pair: loss / self.pair_reference[pair] for pair, loss in losses.items()}
+            target = {pair: value / mean(list(progress.values())) for pair, value in progress.items()}
+            old = self.pair_weights or {pair: 1.0 for pair in target}
+            low, high = PAIR_WEIGHT_RANGE
+            self.pair_weights = {
+                pair: min(max(old.get(pair, 1.0) + PAIR_WEIGHT_SMOOTHING * (target[pair] - old.get(pair, 1.0)), low), high)
+                for pair in target
+            }
+            self.pair_window = {}
+        if self.pair_weights:
+            logs.update({f"meta_pair_weight_{pair}": weight for pair, weight in self.pair_weights.items()})
+        if self.dropout_attribute is not None:
+            if eval_trend > 0 and loss_fell:
+                self.dropout_rate = min(self.dropout_rate + DROPOUT_STEP, DROPOUT_MAX)
+            logs["meta_modality_dropout"] = self.dropout_rate
+        for prefix, released in self.released_at.items():
+            if released is None and loss_plateaued:
+                self.released_at[prefix] = step
+            logs[f"meta_released_{prefix}"] = float(self.released_at[prefix] is not None)
+        self.apply(model)
+        return logs
+
+    def apply(self, model):
+        """Write the values in force into the model's config, where the model reads them and checkpoints keep them."""
+        if not self.active:
+            return
+        config = model.config
+        record = {}
+        if self.pair_weights_on:
+            config.contrastive_pair_weights = self.pair_weights
+            record["contrastive_pair_weights"] = self.pair_weights
+        if self.dropout_attribute is not None:
+            setattr(config, self.dropout_attribute, self.dropout_rate)
+            record[self.dropout_attribute] = self.dropout_rate
+        if self.staged_modules:
+            record["staged_modules_released_at_step"] = dict(self.released_at)
+        config.meta_controller_adaptations = record
+
+    _STATE = ("pair_weights", "pair_reference", "pair_window", "dropout_rate", "released_at")
+
+    def state(self):
+        return {name: getattr(self, name) for name in self._STATE}
+
+    def load_state(self, state):
+        for name in self._STATE:
+            setattr(self, name, state[name])
