@@ -1,5 +1,5 @@
 """Configurations of the mm model family."""
 
-from .configuration_mm import PRESETS, MMAudioConfig, MMConfig, MMDecoderConfig, MMTextConfig, MMVisionConfig
+from .configuration_mm import PRESETS, MMAudioConfig, MMConfig, MMDecoderConfig, MMFusionConfig, MMTextConfig, MMVisionConfig
 
-__all__ = ["MMConfig", "MMTextConfig", "MMVisionConfig", "MMAudioConfig", "MMDecoderConfig", "PRESETS"]
+__all__ = ["MMConfig", "MMTextConfig", "MMVisionConfig", "MMAudioConfig", "MMDecoderConfig", "MMFusionConfig", "PRESETS"]

@@ -1,7 +1,9 @@
-"""The mm model family: per-modality towers, the joint-embedding MMModel and the captioning MMForConditionalGeneration."""
+"""The mm model family: per-modality towers, the joint-embedding MMModel, the captioning MMForConditionalGeneration and the
+fusion classifier MMForClassification."""
 
 from .modeling_mm import MMModel, MMOutput
 from .modeling_mm_audio import MMAudioModel
+from .modeling_mm_fusion import MMClassifierOutput, MMForClassification
 from .modeling_mm_generation import MMForConditionalGeneration, MMGenerationOutput
 from .modeling_mm_text import MMTextModel
 from .modeling_mm_utils import MMPreTrainedModel, save_remote_code
@@ -12,6 +14,8 @@ __all__ = [
     "MMOutput",
     "MMForConditionalGeneration",
     "MMGenerationOutput",
+    "MMForClassification",
+    "MMClassifierOutput",
     "MMTextModel",
     "MMVisionModel",
     "MMAudioModel",

@@ -44,6 +44,21 @@ class MMOutput(ModelOutput):
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
 
 
+@dataclass
+class MMTokenStates(ModelOutput):
+    """One modality's output of `MMModel.get_token_states`.
+
+    Attributes:
+        hidden_states: (B, N, tower width), the tower's last hidden states.
+        mask: (B, N), 1 at real positions and 0 at padding.
+        embeds: (B, projection_dim), the L2-normalised embedding of the item.
+    """
+
+    hidden_states: torch.FloatTensor | None = None
+    mask: torch.LongTensor | None = None
+    embeds: torch.FloatTensor | None = None
+
+
 class MMModel(MMPreTrainedModel):
     """Three towers, each followed by a linear projection into a shared `projection_dim` space.
 
@@ -145,6 +160,35 @@ class MMModel(MMPreTrainedModel):
         """L2-normalised audio embeddings (B, projection_dim)."""
         outputs = self._audio_tower(input_features, audio_attention_mask, **kwargs)
         return nn.functional.normalize(self.audio_projection(_pooled(outputs)), dim=-1)
+
+    def get_token_states(
+        self, input_ids=None, attention_mask=None, pixel_values=None, input_features=None, audio_attention_mask=None
+    ):
+        """Each given modality's token sequence and embedding from one pass of its tower, for heads that fuse them.
+
+        Returns `{"text" | "image" | "audio": MMTokenStates}` with `hidden_states` (B, N, tower width), `mask` (B, N)
+        (1 at real positions: text tokens, every patch, audio positions of real frames) and `embeds`
+        (B, projection_dim), the L2-normalised embedding `get_*_features` returns.
+        """
+        states = {}
+        if input_ids is not None:
+            outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask)
+            mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+            embeds = self.text_projection(_pooled(outputs, attention_mask))
+            states["text"] = MMTokenStates(outputs.last_hidden_state, mask.long(), embeds)
+        if pixel_values is not None:
+            outputs = self.vision_model(pixel_values=pixel_values)
+            hidden = outputs.last_hidden_state
+            mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+            states["image"] = MMTokenStates(hidden, mask, self.visual_projection(_pooled(outputs)))
+        if input_features is not None:
+            outputs = self._audio_tower(input_features, audio_attention_mask)
+            hidden = outputs.last_hidden_state
+            mask = _positions_mask(self._tower_frame_mask(input_features, audio_attention_mask), hidden)
+            states["audio"] = MMTokenStates(hidden, mask, self.audio_projection(_pooled(outputs)))
+        for item in states.values():
+            item.embeds = nn.functional.normalize(item.embeds, dim=-1)
+        return states
 
     def forward(
         self,
@@ -323,6 +367,16 @@ def _padded_frame_mask(audio_config, input_features, frame_mask):
             f"set the feature extractor's max_length to {expected} frames or less (its default for this tower)."
         )
     return nn.functional.pad(frame_mask, (0, max(expected - frames, 0)))
+
+
+def _positions_mask(frame_mask, states):
+    """The audio frame mask (B, frames) down-sampled to the tower's output positions (B, positions): the mm audio
+    stem keeps every second frame; a tower of another architecture is assumed to stride evenly."""
+    if frame_mask is None:
+        return torch.ones(states.shape[:2], dtype=torch.long, device=states.device)
+    frames, positions = frame_mask.shape[1], states.shape[1]
+    stride = max(1, -(-frames // positions))  # ceil
+    return frame_mask[:, ::stride][:, :positions].to(states.device).long()
 
 
 def _pooled(outputs, attention_mask=None):

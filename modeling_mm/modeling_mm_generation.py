@@ -28,7 +28,7 @@ from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache, S
 from transformers.generation import GenerationMixin
 from transformers.utils import ModelOutput
 
-from .modeling_mm import MMModel, _width
+from .modeling_mm import MMModel, _positions_mask, _width
 from .modeling_mm_decoder import MMTextDecoder
 from .modeling_mm_utils import MMConfig, MMPreTrainedModel
 
@@ -343,13 +343,3 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
         input_ids = input_ids.gather(1, order).masked_fill(~real, config.pad_token_id)
         keep = int(real.sum(dim=1).max())
         return input_ids[:, -keep:], real[:, -keep:].long()
-
-
-def _positions_mask(frame_mask, states):
-    """The audio frame mask (B, frames) down-sampled to the tower's output positions (B, positions): the mm audio
-    stem keeps every second frame; a tower of another architecture is assumed to stride evenly."""
-    if frame_mask is None:
-        return torch.ones(states.shape[:2], dtype=torch.long, device=states.device)
-    frames, positions = frame_mask.shape[1], states.shape[1]
-    stride = max(1, -(-frames // positions))  # ceil
-    return frame_mask[:, ::stride][:, :positions].to(states.device).long()

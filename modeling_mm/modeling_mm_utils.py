@@ -11,11 +11,11 @@ from transformers import initialization as init
 from .modeling_mm_losses import hash_powers
 
 try:  # flat Hub folder (remote code): the config file sits next to this one
-    from .configuration_mm import MMAudioConfig, MMConfig, MMTextConfig, MMVisionConfig
+    from .configuration_mm import MMAudioConfig, MMConfig, MMFusionConfig, MMTextConfig, MMVisionConfig
 except ImportError:  # installed package: the config lives in the sibling package `configuration_mm`
-    from configuration_mm import MMAudioConfig, MMConfig, MMTextConfig, MMVisionConfig
+    from configuration_mm import MMAudioConfig, MMConfig, MMFusionConfig, MMTextConfig, MMVisionConfig
 
-__all__ = ["MMPreTrainedModel", "MMConfig", "MMTextConfig", "MMVisionConfig", "MMAudioConfig", "save_remote_code"]
+__all__ = ["MMPreTrainedModel", "MMConfig", "MMTextConfig", "MMVisionConfig", "MMAudioConfig", "MMFusionConfig", "save_remote_code"]
 
 # The files a consumer needs to load a saved model with `trust_remote_code=True`, by the package that holds them
 # in this repository. They are copied flat into the saved folder (see ../shared/design.md: remote code is flat).
@@ -31,8 +31,9 @@ REMOTE_CODE_FILES = {
         "modeling_mm.py",
         "modeling_mm_decoder.py",
         "modeling_mm_generation.py",
+        "modeling_mm_fusion.py",
     ),
-    "processing_mm": ("pipeline_mm.py",),
+    "processing_mm": ("pipeline_mm.py", "pipeline_mm_classification.py"),
 }
 
 
