@@ -253,7 +253,7 @@ class MMFusionConfig(_MMEncoderConfig):
     """
 
     model_type = "mm_fusion"
-    base_config_key = "fusion_config"
+    base_config_key = "fusion_encoder_config"
 
     def __init__(
         self,
@@ -304,8 +304,9 @@ class MMConfig(PreTrainedConfig):
         caption_loss_weight, contrastive_loss_weight: weights of the captioning and contrastive losses when the
             generation head trains on both (CoCa style); see `MMForConditionalGeneration`.
         tie_word_embeddings (`bool`): share the decoder's input embeddings with its output layer.
-        fusion_config (`dict` or `MMFusionConfig`): the fusion layers of `MMForClassification` (fusion type,
-            depth, modality dropout); its `hidden_size` defaults to `projection_dim`.
+        fusion_encoder_config (`dict` or `MMFusionConfig`): the fusion layers of `MMForClassification` (fusion type,
+            depth, modality dropout); its `hidden_size` defaults to `projection_dim`. (Not `fusion_config`: from 5.24
+            transformers reads that name for its own kernel fusion.)
         problem_type, num_labels, id2label, label2id: transformers' own fields, for one task. With `tasks`, they
             mirror the `default_task` (what the stock classification pipelines answer with).
         tasks (`dict`, *optional*): several tasks on one fused representation, `{name: {"problem_type": ...,
@@ -331,7 +332,7 @@ class MMConfig(PreTrainedConfig):
         "vision_config": MMVisionConfig,
         "audio_config": MMAudioConfig,
         "decoder_config": MMDecoderConfig,
-        "fusion_config": MMFusionConfig,
+        "fusion_encoder_config": MMFusionConfig,
     }
 
     def __init__(
@@ -347,7 +348,7 @@ class MMConfig(PreTrainedConfig):
         contrastive_loss_weight=0.0,
         decoder_config=None,
         tie_word_embeddings=True,
-        fusion_config=None,
+        fusion_encoder_config=None,
         tasks=None,
         default_task=None,
         task_loss_weighting="uncertainty",
@@ -367,9 +368,9 @@ class MMConfig(PreTrainedConfig):
         for name in _TOKENIZER_FIELDS:
             if getattr(self.text_config, name, None) is not None:
                 setattr(self.decoder_config, name, getattr(self.text_config, name))
-        if fusion_config is None or isinstance(fusion_config, dict):
-            fusion_config = {"hidden_size": projection_dim, **(fusion_config or {})}
-        self.fusion_config = _as_config(MMFusionConfig, fusion_config)
+        if fusion_encoder_config is None or isinstance(fusion_encoder_config, dict):
+            fusion_encoder_config = {"hidden_size": projection_dim, **(fusion_encoder_config or {})}
+        self.fusion_encoder_config = _as_config(MMFusionConfig, fusion_encoder_config)
         self.tasks = _normalized_tasks(tasks)
         self.default_task = default_task if default_task is not None else next(iter(self.tasks or {}), None)
         self.task_loss_weighting = task_loss_weighting
@@ -547,7 +548,7 @@ PRESETS = {
         vision_config=dict(image_size=32, patch_size=8, **_TINY_ENCODER),
         audio_config=dict(num_mel_bins=32, max_source_positions=64, **_TINY_ENCODER),
         decoder_config=dict(_TINY_ENCODER),
-        fusion_config=dict(_TINY_ENCODER),
+        fusion_encoder_config=dict(_TINY_ENCODER),
         projection_dim=32,
     ),
     # The CPU default job: trains in minutes on 2 cores.
@@ -565,7 +566,7 @@ PRESETS = {
             num_hidden_layers=3, num_attention_heads=4,
         ),
         decoder_config=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4),
-        fusion_config=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4),
+        fusion_encoder_config=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4),
         projection_dim=128,
     ),
     # ~160M parameters: ViT-B/16 at 224 px (86M), a 12-layer 512-wide text tower (54M with its 32k vocabulary),
@@ -585,7 +586,7 @@ PRESETS = {
             num_hidden_layers=12, num_attention_heads=6,
         ),
         decoder_config=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=6, num_attention_heads=8),
-        fusion_config=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=2, num_attention_heads=8),
+        fusion_encoder_config=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=2, num_attention_heads=8),
         projection_dim=512,
     ),
 }

@@ -1,6 +1,6 @@
 """MMForClassification: decisions (classes, tags, scores) from any mix of text, image and audio, on `MMModel`'s towers.
 
-The towers (under `self.mm`) encode each given modality; a fusion module (`config.fusion_config.fusion_type`: late,
+The towers (under `self.mm`) encode each given modality; a fusion module (`config.fusion_encoder_config.fusion_type`: late,
 gated, concat or cross; see docs/design.md, "Fusion") combines what each item has, and one linear head per task reads
 the fused vector. An item's absent modalities are masked out of the fusion, never filled with zeros, so an item's
 logits are the same alone or in a batch whose items carry other subsets.
@@ -58,7 +58,7 @@ class MMForClassification(MMPreTrainedModel):
     >>> import torch
     >>> from configuration_mm import MMConfig
     >>> from modeling_mm import MMForClassification
-    >>> config = MMConfig.from_preset("tiny", num_labels=3, fusion_config={"fusion_type": "concat"})
+    >>> config = MMConfig.from_preset("tiny", num_labels=3, fusion_encoder_config={"fusion_type": "concat"})
     >>> model = MMForClassification(config)
     >>> out = model(
     ...     input_ids=torch.randint(3, 512, (2, 8)),
@@ -82,15 +82,15 @@ class MMForClassification(MMPreTrainedModel):
         self.mm = MMModel._from_config(config)
         towers = {"text": config.text_config, "image": config.vision_config, "audio": config.audio_config}
         self.fusion = MMFusionModel._from_config(
-            config.fusion_config,
+            config.fusion_encoder_config,
             tower_widths={name: _width(tower) for name, tower in towers.items()},
             projection_dim=config.projection_dim,
         )
-        fusion_config = config.fusion_config
-        self.dropout = nn.Dropout(fusion_config.classifier_dropout)
+        fusion_encoder_config = config.fusion_encoder_config
+        self.dropout = nn.Dropout(fusion_encoder_config.classifier_dropout)
         self.tasks = config.task_specs()
         self.classifier = nn.ModuleDict(
-            {name: nn.Linear(fusion_config.hidden_size, spec["num_labels"]) for name, spec in self.tasks.items()}
+            {name: nn.Linear(fusion_encoder_config.hidden_size, spec["num_labels"]) for name, spec in self.tasks.items()}
         )
         # log(sigma^2) per task (Kendall et al. 2018), learned with the model; unused with one task.
         if len(self.tasks) > 1 and config.task_loss_weighting == "uncertainty":
@@ -175,8 +175,8 @@ class MMForClassification(MMPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         tensors = {"text": input_ids, "image": pixel_values, "audio": input_features}
         present = self._presence(tensors, {"text": has_text, "image": has_image, "audio": has_audio})
-        if self.training and self.config.fusion_config.modality_dropout > 0:
-            present = _drop_modalities(present, self.config.fusion_config.modality_dropout)
+        if self.training and self.config.fusion_encoder_config.modality_dropout > 0:
+            present = _drop_modalities(present, self.config.fusion_encoder_config.modality_dropout)
 
         states = self._token_states(tensors, present, attention_mask, audio_attention_mask)
         fused = self.fusion(states, present)  # (B, hidden)

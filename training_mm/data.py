@@ -122,7 +122,7 @@ def decode_audio(value, sampling_rate=None):
 
 
 def load_user_dataset(
-    dataset_name, *, image_column=None, caption_column="caption", audio_column=None, streaming=False
+    dataset_name, *, image_column=None, caption_column="caption", audio_column=None, streaming=False, keep_columns=()
 ):
     """Load captioned images and/or audio for training, from a local path or the Hub.
 
@@ -137,7 +137,8 @@ def load_user_dataset(
     columns are resolved against the table's folder.
 
     `image_column`/`audio_column` default to `image`/`audio` when those columns exist; at least one must.
-    The result keeps only `image`, `caption` and `audio`, under those names. A source without a validation
+    The result keeps only `image`, `caption` and `audio`, under those names, and the `keep_columns` (e.g. labels)
+    under their own; `caption_column=None` loads no text (for classification of images and/or audio). A source without a validation
     split gets one: 5% of `train` (at least 1, at most 1000 rows), drawn with a fixed seed; when streaming,
     the first 1000 rows of `train`. Local sources are read into memory-mapped Arrow files either way;
     `streaming=True` then wraps them as `IterableDataset`s, and streams Hub datasets.
@@ -162,7 +163,8 @@ def load_user_dataset(
     splits = {SPLIT_NAMES.get(name, name): split for name, split in splits.items()}
     splits = {
         name: _canonical_columns(
-            split, _pick_columns(split, f"{dataset_name!r} ({name})", image_column, caption_column, audio_column)
+            split,
+            _pick_columns(split, f"{dataset_name!r} ({name})", image_column, caption_column, audio_column, keep_columns),
         )
         for name, split in splits.items()
     }
@@ -259,8 +261,9 @@ def _load_from_hub(name, streaming):
     return splits
 
 
-def _pick_columns(split, source, image_column, caption_column, audio_column):
-    """Map the roles `image`/`caption`/`audio` to the source's columns, or explain which flag to set."""
+def _pick_columns(split, source, image_column, caption_column, audio_column, keep_columns=()):
+    """Map the roles `image`/`caption`/`audio` (and `keep_columns`, to themselves) to the source's columns, or explain
+    which flag to set."""
     columns = split.column_names
 
     def require(column, flag):
@@ -271,17 +274,19 @@ def _pick_columns(split, source, image_column, caption_column, audio_column):
             )
         return column
 
-    roles = {"caption": require(caption_column, "caption_column")}
+    roles = {} if caption_column is None else {"caption": require(caption_column, "caption_column")}
     for role, column in (("image", image_column), ("audio", audio_column)):
         if column is not None:
             roles[role] = require(column, f"{role}_column")
         elif role in columns:
             roles[role] = role
-    if len(roles) == 1:
+    if not set(roles) & {"image", "audio"} and (caption_column is not None or not roles):
         raise ValueError(
             f"{source} has no image or audio column; its columns are {columns}. "
             "Pass --image_column and/or --audio_column."
         )
+    for column in keep_columns:
+        roles[column] = require(column, "label_column")
     return roles
 
 

@@ -125,6 +125,7 @@ def write_model_card(
     dataset_split=None,
     repo_id=None,
     template_path=None,
+    classification_tasks=None,
 ):
     """Renders `model_card.md` into `folder/README.md` and returns the `ModelCard`.
 
@@ -145,6 +146,8 @@ def write_model_card(
         dataset_split: the split the metrics were measured on, if any.
         repo_id: the Hub id used in the card's code snippets (defaults to `model_name`).
         template_path: a card template to use instead of the repository's `model_card.md`.
+        classification_tasks (`dict`, *optional*): an `MMForClassification`'s `config.task_specs()`; the card then
+            lists each task and its labels and shows the classification snippets.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -195,7 +198,17 @@ def write_model_card(
         repo=repo_id or model_name,
         modalities=list(modalities),
         task_type=task_type,
-        auto_class="AutoModelForImageTextToText" if task_type == "image-to-text" else "AutoModel",
+        auto_class=(
+            "AutoModelForSequenceClassification"
+            if classification_tasks
+            else "AutoModelForImageTextToText"
+            if task_type == "image-to-text"
+            else "AutoModel"
+        ),
+        task_rows=[
+            (_cell(name), _cell(f"{spec['problem_type']}: {', '.join(spec['labels'] or []) or spec['num_labels']}"))
+            for name, spec in (classification_tasks or {}).items()
+        ],
         is_adapter=is_adapter,
         base_model=base_model,
         base_model_url=f"{constants.ENDPOINT}/{base_model}" if base_model else None,
