@@ -21,6 +21,7 @@ install_requires = [
     "diffusers>=0.30",
     "tqdm",
     "numpy",
+    "scikit-learn>=1.3",
 ]
 
 setup(
