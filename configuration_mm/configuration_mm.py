@@ -312,7 +312,7 @@ class MMConfig(PreTrainedConfig):
         tasks (`dict`, *optional*): several tasks on one fused representation, `{name: {"problem_type": ...,
             "labels": [...]} }` (classification) or `{name: {"problem_type": "regression", "num_labels": 1}}`.
         default_task (`str`, *optional*): the task whose logits `MMForClassification` returns as `logits`
-            (default: the first of `tasks`).
+            (default: the first of `tasks` as given; they are kept in name order).
         task_loss_weighting (`str`): with several tasks, `"uncertainty"` (learned, Kendall et al. 2018) or `"sum"`.
         focal_loss_gamma (`float`): 0 for cross-entropy; > 0 for the focal loss (Lin et al. 2017) of
             single- and multi-label classification, which down-weights the examples already classified well.
@@ -372,7 +372,7 @@ class MMConfig(PreTrainedConfig):
             fusion_encoder_config = {"hidden_size": projection_dim, **(fusion_encoder_config or {})}
         self.fusion_encoder_config = _as_config(MMFusionConfig, fusion_encoder_config)
         self.tasks = _normalized_tasks(tasks)
-        self.default_task = default_task if default_task is not None else next(iter(self.tasks or {}), None)
+        self.default_task = default_task if default_task is not None else next(iter(tasks or {}), None)
         self.task_loss_weighting = task_loss_weighting
         self.focal_loss_gamma = focal_loss_gamma
         self.tie_word_embeddings = tie_word_embeddings
@@ -478,7 +478,8 @@ def _normalized_tasks(tasks):
     if not isinstance(tasks, dict) or not tasks:
         raise ValueError(f"MMConfig.tasks must be a non-empty dict {{name: {{'problem_type': ...}}}}, got {tasks!r}.")
     normalized = {}
-    for name, spec in tasks.items():
+    # In name order: config.json sorts its keys, and the heads (and task weights) must come back in the same order.
+    for name, spec in sorted(tasks.items()):
         problem_type = spec.get("problem_type") if isinstance(spec, dict) else None
         if problem_type not in PROBLEM_TYPES:
             raise ValueError(

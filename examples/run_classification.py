@@ -221,7 +221,11 @@ def main(argv=None):
         modalities=modalities if "text" in modalities else ("text", *modalities),
         classification_tasks=specs,
     )
-    trainer.save_metrics("eval", {key: value for key, value in metrics.items() if key != "train_loss"})
+    # eval_results.json / all_results.json, as transformers' examples write them (`eval_` + the metric's name).
+    trainer.save_metrics(
+        "eval",
+        {key if key == "eval_loss" else f"eval_{key}": value for key, value in metrics.items() if key != "train_loss"},
+    )
     push_output_folder(output, training_args)
     return metrics
 

@@ -77,7 +77,7 @@ def describe_model(model):
         rows["Trainable parameters"] = f"{trainable:,}"
     towers = _built_sub_configs(base, config)
     for name in towers:
-        rows[f"{name.removesuffix('_config').capitalize()} tower"] = _describe_tower(getattr(config, name))
+        rows[f"{name.removesuffix('_config').replace('_', ' ').capitalize()} tower"] = _describe_tower(getattr(config, name))
     if not towers:
         rows["Encoder"] = _describe_tower(config)
     if getattr(config, "projection_dim", None) is not None:
