@@ -105,13 +105,14 @@ class MMForClassification(MMPreTrainedModel):
         and task heads start untrained, which is logged."""
         wants_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
-        new = sorted({key.split(".")[0] for key in info["missing_keys"]} & {"fusion", "classifier", "task_log_variance"})
+        parts = {"fusion": "fusion layers", "classifier": "task heads", "task_log_variance": "task loss weights"}
+        new = [name for prefix, name in parts.items() if any(key.split(".")[0] == prefix for key in info["missing_keys"])]
         if new:
             logger.warning(
-                "Loaded the towers of %s; its %s are new (untrained): train them, e.g. with "
+                "Loaded the towers of %s; the %s are new (untrained): train them, e.g. with "
                 "examples/run_classification.py --model_name_or_path %s.",
                 pretrained_model_name_or_path,
-                " and ".join(new),
+                ", ".join(new),
                 pretrained_model_name_or_path,
             )
         return (model, info) if wants_info else model
