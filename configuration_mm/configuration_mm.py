@@ -369,7 +369,9 @@ class MMConfig(PreTrainedConfig):
             if getattr(self.text_config, name, None) is not None:
                 setattr(self.decoder_config, name, getattr(self.text_config, name))
         if fusion_encoder_config is None or isinstance(fusion_encoder_config, dict):
-            fusion_encoder_config = {"hidden_size": projection_dim, **(fusion_encoder_config or {})}
+            # A bad projection_dim is reported below, under its own name.
+            width = {"hidden_size": projection_dim} if isinstance(projection_dim, int) and projection_dim > 0 else {}
+            fusion_encoder_config = {**width, **(fusion_encoder_config or {})}
         self.fusion_encoder_config = _as_config(MMFusionConfig, fusion_encoder_config)
         self.tasks = _normalized_tasks(tasks)
         self.default_task = default_task if default_task is not None else next(iter(tasks or {}), None)
