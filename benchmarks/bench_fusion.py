@@ -106,13 +106,13 @@ def main(argv=None):
                     raw.append({"argv": run_argv, "metrics": metrics})
                     print(f"[{time.perf_counter() - start:6.0f} s] {fusion_type} dropout {dropout} seed {seed}: "
                           f"match accuracy {metrics['match accuracy']:.3f}", flush=True)  # fmt: skip
+                    if args.json:  # after every run, so an interrupted benchmark keeps what it measured
+                        Path(args.json).write_text(json.dumps(raw, indent=1))
     print()
     print(f"bench_fusion {'--quick' if args.quick else '(full)'}: {settings}; run_classification.main arguments as in:")
     print("  " + " ".join(raw[0]["argv"]))
     print(format_table(runs))
     print(f"Total time: {time.perf_counter() - start:.0f} s")
-    if args.json:
-        Path(args.json).write_text(json.dumps(raw, indent=1))
     return runs
 
 
