@@ -23,6 +23,7 @@ install_requires = [
     "torchmetrics>=1.0",  # FID/KID of generated images on the judge's own features (no Inception download)
     "tqdm",
     "numpy",
+    "scikit-learn>=1.3",
 ]
 
 setup(

@@ -5,11 +5,13 @@ from .configuration_mm import (
     MMAudioConfig,
     MMConfig,
     MMDecoderConfig,
+    MMFusionConfig,
     MMSpeechConfig,
     MMTextConfig,
     MMVisionConfig,
 )
 
 __all__ = [
-    "MMConfig", "MMTextConfig", "MMVisionConfig", "MMAudioConfig", "MMDecoderConfig", "MMSpeechConfig", "PRESETS",
+    "MMConfig", "MMTextConfig", "MMVisionConfig", "MMAudioConfig", "MMDecoderConfig", "MMFusionConfig",
+    "MMSpeechConfig", "PRESETS",
 ]  # fmt: skip

@@ -11,9 +11,11 @@ from transformers import PreTrainedConfig
 
 if TYPE_CHECKING:  # never executed: see REMOTE_CODE_CLOSURE below
     from .modeling_mm_generation import MMForConditionalGeneration  # noqa: F401
+    from .modeling_mm_fusion import MMForClassification  # noqa: F401
     from .pipeline_mm import MMImageToTextPipeline, MMSpeechRecognitionPipeline  # noqa: F401
     from .modeling_mm_speech import MMForTextToSpeech  # noqa: F401
     from .pipeline_mm_text_to_speech import MMTextToSpeechPipeline  # noqa: F401
+    from .pipeline_mm_classification import MMClassificationPipeline  # noqa: F401
 
 # Attention back-ends the encoders dispatch to through transformers' attention interface.
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
@@ -22,6 +24,9 @@ ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention
 ATTENTION_TYPES = ("full", "local", "block_sparse", "linear")
 LOSS_TYPES = ("clip", "siglip")
 MODALITIES = ("text", "image", "audio")
+FUSION_TYPES = ("late", "concat", "cross", "gated")
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+TASK_LOSS_WEIGHTINGS = ("uncertainty", "sum")
 
 
 def _check_positive(config, *names):
@@ -353,6 +358,63 @@ class MMSpeechConfig(_MMEncoderConfig):
             raise ValueError(f"MMSpeechConfig.hop_length ({hop_length}) must be <= n_fft ({n_fft}).")
 
 
+class MMFusionConfig(_MMEncoderConfig):
+    r"""The fusion layers and task heads of `MMForClassification`, on top of the towers.
+
+    Args:
+        fusion_type (`str`): how the modalities are combined (see docs/design.md, "Fusion"):
+            - `"late"`: each modality's pooled embedding, averaged with learned per-modality weights;
+            - `"gated"`: each modality's pooled embedding, weighted by a gate computed from that embedding;
+            - `"concat"`: the towers' token sequences, each with a modality-type embedding, concatenated and
+              passed through `num_hidden_layers` transformer layers (early fusion);
+            - `"cross"`: each modality's tokens cross-attend to the other modalities' tokens in every layer.
+        num_hidden_layers (`int`): fusion layers (`"concat"`, `"cross"`); `"late"` and `"gated"` have none.
+        modality_dropout (`float`): in training, the probability that each present modality of an item is hidden
+            from the fusion (at least one always stays), so a model trained on all modalities decides from fewer.
+        classifier_dropout (`float`): dropout on the fused representation before the task heads.
+        Other arguments: see `_MMEncoderConfig` (hidden_size, heads, ...), for the fusion layers.
+
+    Example:
+    ```python
+    >>> from configuration_mm import MMFusionConfig
+    >>> MMFusionConfig(fusion_type="cross", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+    ...                num_attention_heads=4).fusion_type
+    'cross'
+    ```
+    """
+
+    model_type = "mm_fusion"
+    base_config_key = "fusion_encoder_config"
+
+    def __init__(
+        self,
+        fusion_type="concat",
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        modality_dropout=0.0,
+        classifier_dropout=0.0,
+        **kwargs,
+    ):
+        self.fusion_type = fusion_type
+        self.modality_dropout = modality_dropout
+        self.classifier_dropout = classifier_dropout
+        super().__init__(
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_hidden_layers=num_hidden_layers,
+            num_attention_heads=num_attention_heads,
+            **kwargs,
+        )
+        if fusion_type not in FUSION_TYPES:
+            raise ValueError(f"MMFusionConfig.fusion_type must be one of {list(FUSION_TYPES)}, got {fusion_type!r}.")
+        for name in ("modality_dropout", "classifier_dropout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"MMFusionConfig.{name} must be in [0, 1), got {value!r}.")
+
+
 # What the decoder always takes from the text tower: they share one tokenizer.
 _TOKENIZER_FIELDS = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")
 
@@ -377,6 +439,18 @@ class MMConfig(PreTrainedConfig):
         contrastive_pair_weights (`dict[str, float]`, optional): relative weights of the modality pairs in the
             contrastive loss, keyed `"image_text"`, `"audio_text"`, `"audio_image"` (a missing pair weighs 1);
             None averages the pairs equally. The meta-controller sets it with `pair_weights=True`.
+        fusion_encoder_config (`dict` or `MMFusionConfig`): the fusion layers of `MMForClassification` (fusion type,
+            depth, modality dropout); its `hidden_size` defaults to `projection_dim`. (Not `fusion_config`: from 5.24
+            transformers reads that name for its own kernel fusion.)
+        problem_type, num_labels, id2label, label2id: transformers' own fields, for one task. With `tasks`, they
+            mirror the `default_task` (what the stock classification pipelines answer with).
+        tasks (`dict`, *optional*): several tasks on one fused representation, `{name: {"problem_type": ...,
+            "labels": [...]} }` (classification) or `{name: {"problem_type": "regression", "num_labels": 1}}`.
+        default_task (`str`, *optional*): the task whose logits `MMForClassification` returns as `logits`
+            (default: the first of `tasks` as given; they are kept in name order).
+        task_loss_weighting (`str`): with several tasks, `"uncertainty"` (learned, Kendall et al. 2018) or `"sum"`.
+        focal_loss_gamma (`float`): 0 for cross-entropy; > 0 for the focal loss (Lin et al. 2017) of
+            single- and multi-label classification, which down-weights the examples already classified well.
 
     Example:
     ```python
@@ -394,6 +468,7 @@ class MMConfig(PreTrainedConfig):
         "audio_config": MMAudioConfig,
         "decoder_config": MMDecoderConfig,
         "speech_config": MMSpeechConfig,
+        "fusion_encoder_config": MMFusionConfig,
     }
 
     def __init__(
@@ -411,6 +486,11 @@ class MMConfig(PreTrainedConfig):
         tie_word_embeddings=True,
         speech_config=None,
         contrastive_pair_weights=None,
+        fusion_encoder_config=None,
+        tasks=None,
+        default_task=None,
+        task_loss_weighting="uncertainty",
+        focal_loss_gamma=0.0,
         **kwargs,
     ):
         self.text_config = _as_config(MMTextConfig, text_config)
@@ -427,6 +507,15 @@ class MMConfig(PreTrainedConfig):
         for name in _TOKENIZER_FIELDS:
             if getattr(self.text_config, name, None) is not None:
                 setattr(self.decoder_config, name, getattr(self.text_config, name))
+        if fusion_encoder_config is None or isinstance(fusion_encoder_config, dict):
+            # A bad projection_dim is reported below, under its own name.
+            width = {"hidden_size": projection_dim} if isinstance(projection_dim, int) and projection_dim > 0 else {}
+            fusion_encoder_config = {**width, **(fusion_encoder_config or {})}
+        self.fusion_encoder_config = _as_config(MMFusionConfig, fusion_encoder_config)
+        self.tasks = _normalized_tasks(tasks)
+        self.default_task = default_task if default_task is not None else next(iter(tasks or {}), None)
+        self.task_loss_weighting = task_loss_weighting
+        self.focal_loss_gamma = focal_loss_gamma
         self.tie_word_embeddings = tie_word_embeddings
         self.projection_dim = projection_dim
         self.loss_type = loss_type
@@ -453,6 +542,43 @@ class MMConfig(PreTrainedConfig):
                 f"'audio_image'; got {contrastive_pair_weights!r}."
             )
         _check_attn_implementation(self)
+        self._check_tasks()
+
+    def _check_tasks(self):
+        if self.task_loss_weighting not in TASK_LOSS_WEIGHTINGS:
+            raise ValueError(
+                f"MMConfig.task_loss_weighting must be one of {list(TASK_LOSS_WEIGHTINGS)}, "
+                f"got {self.task_loss_weighting!r}."
+            )
+        gamma = self.focal_loss_gamma
+        if not isinstance(gamma, (int, float)) or isinstance(gamma, bool) or gamma < 0:
+            raise ValueError(f"MMConfig.focal_loss_gamma must be a number >= 0 (0: cross-entropy), got {gamma!r}.")
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"MMConfig.problem_type must be one of {list(PROBLEM_TYPES)}, got {self.problem_type!r}.")
+        if not self.tasks:
+            if self.default_task is not None:
+                raise ValueError(
+                    f"MMConfig.default_task is {self.default_task!r} but there are no `tasks`; name the tasks, "
+                    "or drop default_task for one task set by problem_type/num_labels."
+                )
+            return
+        if self.default_task not in self.tasks:
+            raise ValueError(f"MMConfig.default_task must be one of the tasks {list(self.tasks)}, got {self.default_task!r}.")
+        # transformers' own fields mirror the default task: the stock pipelines read them.
+        default = self.tasks[self.default_task]
+        self.problem_type = default["problem_type"]
+        labels = default["labels"] or [f"LABEL_{i}" for i in range(default["num_labels"])]
+        self.id2label = dict(enumerate(labels))
+        self.label2id = {label: i for i, label in self.id2label.items()}
+
+    def task_specs(self):
+        """Every task head, `{name: {"problem_type", "num_labels", "labels"}}`; one task (named by `default_task`, else
+        `"default"`) from `problem_type`/`num_labels`/`id2label` when `tasks` is not set. `problem_type` may then be
+        None: the loss infers it from the labels, as transformers' classification heads do."""
+        if self.tasks:
+            return self.tasks
+        labels = [self.id2label[i] for i in range(self.num_labels)]
+        return {"default": {"problem_type": self.problem_type, "num_labels": self.num_labels, "labels": labels}}
 
     def get_text_config(self, decoder=None, encoder=None):
         """`encoder=True`: the text tower. Otherwise the caption decoder, which is what `generate` sizes its cache
@@ -495,6 +621,37 @@ def _as_config(config_class, value):
     return AutoConfig.for_model(model_type, **{k: v for k, v in value.items() if k != "model_type"})
 
 
+def _normalized_tasks(tasks):
+    """`tasks` as `{name: {"problem_type", "num_labels", "labels"}}` (labels None for regression), checked."""
+    if tasks is None:
+        return None
+    if not isinstance(tasks, dict) or not tasks:
+        raise ValueError(f"MMConfig.tasks must be a non-empty dict {{name: {{'problem_type': ...}}}}, got {tasks!r}.")
+    normalized = {}
+    # In name order: config.json sorts its keys, and the heads (and task weights) must come back in the same order.
+    for name, spec in sorted(tasks.items()):
+        problem_type = spec.get("problem_type") if isinstance(spec, dict) else None
+        if problem_type not in PROBLEM_TYPES:
+            raise ValueError(
+                f"MMConfig.tasks[{name!r}]['problem_type'] must be one of {list(PROBLEM_TYPES)}, got {problem_type!r}."
+            )
+        labels = spec.get("labels")
+        num_labels = spec.get("num_labels", len(labels) if labels else 1 if problem_type == "regression" else None)
+        if labels is not None and len(labels) != num_labels:
+            raise ValueError(f"MMConfig.tasks[{name!r}]: num_labels is {num_labels} but there are {len(labels)} labels.")
+        if not isinstance(num_labels, int) or num_labels < 1 or (problem_type == "single_label_classification" and num_labels < 2):
+            raise ValueError(
+                f"MMConfig.tasks[{name!r}] needs `labels` (classification: at least 2 for single-label) or a positive "
+                f"`num_labels`, got num_labels={num_labels!r}."
+            )
+        normalized[str(name)] = {
+            "problem_type": problem_type,
+            "num_labels": num_labels,
+            "labels": [str(label) for label in labels] if labels is not None else None,
+        }
+    return normalized
+
+
 # Every Auto class the checkpoint serves; the files named here are saved flat next to the weights.
 AUTO_MAP = {
     "AutoConfig": "configuration_mm.MMConfig",
@@ -505,6 +662,9 @@ AUTO_MAP = {
     "AutoModelForSpeechSeq2Seq": "modeling_mm_generation.MMForConditionalGeneration",
     "AutoModelForCausalLM": "modeling_mm_generation.MMForConditionalGeneration",
     "AutoModelForTextToWaveform": "modeling_mm_speech.MMForTextToSpeech",
+    "AutoModelForSequenceClassification": "modeling_mm_fusion.MMForClassification",
+    "AutoModelForImageClassification": "modeling_mm_fusion.MMForClassification",
+    "AutoModelForAudioClassification": "modeling_mm_fusion.MMForClassification",
 }
 # `pipeline()` reads this entry before its own task table, which is what makes "image-to-text" work on
 # every transformers 5.x (the task was removed in 5.0-5.18 and rerouted to image-text-to-text later).
@@ -519,6 +679,12 @@ CUSTOM_PIPELINES = {
         "impl": "pipeline_mm.MMSpeechRecognitionPipeline",
         "pt": ["AutoModelForSpeechSeq2Seq"],
         "type": "audio",
+    },
+    # Any mix of text, image and audio in one call: clf({"image": ..., "text": ..., "audio": ...}).
+    "multimodal-classification": {
+        "impl": "pipeline_mm_classification.MMClassificationPipeline",
+        "pt": ["AutoModelForSequenceClassification"],
+        "type": "multimodal",
     },
     # transformers' text-to-audio pipeline attaches a vocoder only to its own spectrogram models; mm's head returns the
     # waveform itself. Both names of the task, since a custom entry is looked up before aliases are resolved.
@@ -541,6 +707,7 @@ PRESETS = {
         vision_config=dict(image_size=32, patch_size=8, **_TINY_ENCODER),
         audio_config=dict(num_mel_bins=32, max_source_positions=64, **_TINY_ENCODER),
         decoder_config=dict(_TINY_ENCODER),
+        fusion_encoder_config=dict(_TINY_ENCODER),
         projection_dim=32,
     ),
     # The CPU default job: trains in minutes on 2 cores.
@@ -558,6 +725,7 @@ PRESETS = {
             num_hidden_layers=3, num_attention_heads=4,
         ),
         decoder_config=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4),
+        fusion_encoder_config=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4),
         projection_dim=128,
     ),
     # ~160M parameters: ViT-B/16 at 224 px (86M), a 12-layer 512-wide text tower (54M with its 32k vocabulary),
@@ -577,6 +745,7 @@ PRESETS = {
             num_hidden_layers=12, num_attention_heads=6,
         ),
         decoder_config=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=6, num_attention_heads=8),
+        fusion_encoder_config=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=2, num_attention_heads=8),
         projection_dim=512,
     ),
 }

@@ -10,6 +10,10 @@ the path on machines without mm.
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForAudioClassification,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+    AutoModelForTextToWaveform,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
     AutoModelForSpeechSeq2Seq,
@@ -21,6 +25,7 @@ from configuration_mm import MMAudioConfig, MMConfig, MMDecoderConfig, MMTextCon
 from .modeling_mm import MMModel, MMOutput
 from .modeling_mm_audio import MMAudioModel
 from .modeling_mm_decoder import MMTextDecoder
+from .modeling_mm_fusion import MMClassifierOutput, MMForClassification
 from .modeling_mm_generation import MMForConditionalGeneration, MMGenerationOutput
 from .modeling_mm_speech import MMForTextToSpeech, MMSpeechOutput, MMTextToSpeechOutput
 from .modeling_mm_text import MMTextModel
@@ -35,6 +40,8 @@ __all__ = [
     "MMForTextToSpeech",
     "MMSpeechOutput",
     "MMTextToSpeechOutput",
+    "MMForClassification",
+    "MMClassifierOutput",
     "MMTextModel",
     "MMVisionModel",
     "MMAudioModel",
@@ -58,6 +65,13 @@ def _register_auto_classes():
     AutoModelForZeroShotImageClassification.register(MMConfig, MMModel, exist_ok=True)
     for auto_class in (AutoModelForImageTextToText, AutoModelForSpeechSeq2Seq, AutoModelForCausalLM):
         auto_class.register(MMConfig, MMForConditionalGeneration, exist_ok=True)
+    for auto_class in (
+        AutoModelForSequenceClassification,
+        AutoModelForImageClassification,
+        AutoModelForAudioClassification,
+    ):
+        auto_class.register(MMConfig, MMForClassification, exist_ok=True)
+    AutoModelForTextToWaveform.register(MMConfig, MMForTextToSpeech, exist_ok=True)
 
 
 _register_auto_classes()

@@ -8,7 +8,14 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .modeling_mm_audio import MMAudioModel
-from .modeling_mm_audio_adapter import accepts_frame_mask, check_audio_encoder, encode_audio, pooled_output
+from .modeling_mm_audio_adapter import (
+    accepts_frame_mask,
+    check_audio_encoder,
+    encode_audio,
+    pooled_output,
+    positions_mask,
+    tower_frame_mask,
+)
 from .modeling_mm_losses import CONTRASTIVE_LOSSES, gather_no_grad, gather_with_grad, hash_powers, text_group_ids
 from .modeling_mm_text import MMTextModel
 from .modeling_mm_utils import MMConfig, MMPreTrainedModel
@@ -42,6 +49,21 @@ class MMOutput(ModelOutput):
 
     def to_tuple(self):
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+
+
+@dataclass
+class MMTokenStates(ModelOutput):
+    """One modality's output of `MMModel.get_token_states`.
+
+    Attributes:
+        hidden_states: (B, N, tower width), the tower's last hidden states.
+        mask: (B, N), 1 at real positions and 0 at padding.
+        embeds: (B, projection_dim), the L2-normalised embedding of the item.
+    """
+
+    hidden_states: torch.FloatTensor | None = None
+    mask: torch.LongTensor | None = None
+    embeds: torch.FloatTensor | None = None
 
 
 class MMModel(MMPreTrainedModel):
@@ -159,6 +181,36 @@ class MMModel(MMPreTrainedModel):
         (B, projection_dim), not normalised."""
         outputs = self.encode_audio(input_features, audio_attention_mask, return_dict=True, **kwargs)
         return _projected(outputs, self.audio_projection(pooled_output(outputs)))
+
+    def get_token_states(
+        self, input_ids=None, attention_mask=None, pixel_values=None, input_features=None, audio_attention_mask=None
+    ):
+        """Each given modality's token sequence and embedding from one pass of its tower, for heads that fuse them.
+
+        Returns `{"text" | "image" | "audio": MMTokenStates}` with `hidden_states` (B, N, tower width), `mask` (B, N)
+        (1 at real positions: text tokens, every patch, audio positions of real frames) and `embeds`
+        (B, projection_dim), the L2-normalised embedding that `forward` compares.
+        """
+        states = {}
+        if input_ids is not None:
+            outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+            mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+            embeds = self.text_projection(pooled_output(outputs, attention_mask))
+            states["text"] = MMTokenStates(outputs.last_hidden_state, mask.long(), embeds)
+        if pixel_values is not None:
+            outputs = self.vision_model(pixel_values=pixel_values, return_dict=True)
+            hidden = outputs.last_hidden_state
+            mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+            states["image"] = MMTokenStates(hidden, mask, self.visual_projection(pooled_output(outputs)))
+        if input_features is not None:
+            outputs = self.encode_audio(input_features, audio_attention_mask, return_dict=True)
+            hidden = outputs.last_hidden_state
+            frame_mask = tower_frame_mask(self.config.audio_config, input_features, audio_attention_mask)
+            mask = positions_mask(frame_mask, hidden)
+            states["audio"] = MMTokenStates(hidden, mask, self.audio_projection(pooled_output(outputs)))
+        for item in states.values():
+            item.embeds = nn.functional.normalize(item.embeds, dim=-1)
+        return states
 
     @can_return_tuple
     def forward(

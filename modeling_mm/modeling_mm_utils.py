@@ -13,12 +13,12 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .modeling_mm_losses import hash_powers
 
 try:  # flat Hub folder (remote code): the config file sits next to this one
-    from .configuration_mm import MMAudioConfig, MMConfig, MMSpeechConfig, MMTextConfig, MMVisionConfig
+    from .configuration_mm import MMAudioConfig, MMConfig, MMFusionConfig, MMSpeechConfig, MMTextConfig, MMVisionConfig
 except ImportError:  # installed package: the config lives in the sibling package `configuration_mm`
-    from configuration_mm import MMAudioConfig, MMConfig, MMSpeechConfig, MMTextConfig, MMVisionConfig
+    from configuration_mm import MMAudioConfig, MMConfig, MMFusionConfig, MMSpeechConfig, MMTextConfig, MMVisionConfig
 
 __all__ = [
-    "CACHE_NAME", "MMPreTrainedModel", "MMConfig", "MMTextConfig", "MMVisionConfig", "MMAudioConfig", "MMSpeechConfig",
+    "CACHE_NAME", "MMPreTrainedModel", "MMConfig", "MMTextConfig", "MMVisionConfig", "MMAudioConfig", "MMFusionConfig", "MMSpeechConfig",
     "save_remote_code",
 ]  # fmt: skip
 
@@ -45,9 +45,10 @@ REMOTE_CODE_FILES = {
         "modeling_mm_generation.py",
         "modeling_mm_griffin_lim.py",
         "modeling_mm_speech.py",
+        "modeling_mm_fusion.py",
     ),
     # pipeline_mm reads audio files with feature_extraction_mm
-    "processing_mm": ("pipeline_mm.py", "feature_extraction_mm.py", "pipeline_mm_text_to_speech.py"),
+    "processing_mm": ("pipeline_mm.py", "feature_extraction_mm.py", "pipeline_mm_text_to_speech.py", "pipeline_mm_classification.py"),
 }
 
 

@@ -127,7 +127,7 @@ def decode_audio(value, sampling_rate=None):
 
 
 def load_user_dataset(
-    dataset_name, *, image_column=None, caption_column="caption", audio_column=None, streaming=False
+    dataset_name, *, image_column=None, caption_column="caption", audio_column=None, streaming=False, keep_columns=()
 ):
     """Load captioned images and/or audio for training, from a local path or the Hub.
 
@@ -142,8 +142,9 @@ def load_user_dataset(
     columns are resolved against the table's folder.
 
     `image_column`/`audio_column` default to `image`/`audio` when those columns exist; at least one must.
-    The result keeps only `image`, `caption` and `audio`, under those names. A source without a validation
-    split gets one: 5% of `train` (at least 1 row, at least 100 when that leaves 80% for training, at most
+    The result keeps only `image`, `caption` and `audio`, under those names, and the `keep_columns` (e.g. labels)
+    under their own; `caption_column=None` loads no text (for classification of images and/or audio). A source
+    without a validation split gets one: 5% of `train` (at least 1 row, at least 100 when that leaves 80% for training, at most
     1000), drawn with a fixed seed; from a Hub stream, its first rows, sized the same way from a count of the
     stream (up to the 20,000 rows where the cap is reached); a stream of fewer than 2 rows is an error. Rows of
     `validation`/`test` that are also in `train` (same caption, image and audio content) are dropped from the
@@ -170,7 +171,8 @@ def load_user_dataset(
     splits = {SPLIT_NAMES.get(name, name): split for name, split in splits.items()}
     splits = {
         name: _canonical_columns(
-            split, _pick_columns(split, f"{dataset_name!r} ({name})", image_column, caption_column, audio_column)
+            split,
+            _pick_columns(split, f"{dataset_name!r} ({name})", image_column, caption_column, audio_column, keep_columns),
         )
         for name, split in splits.items()
     }
@@ -278,8 +280,9 @@ def _load_from_hub(name, streaming):
     return splits
 
 
-def _pick_columns(split, source, image_column, caption_column, audio_column):
-    """Map the roles `image`/`caption`/`audio` to the source's columns, or explain which flag to set."""
+def _pick_columns(split, source, image_column, caption_column, audio_column, keep_columns=()):
+    """Map the roles `image`/`caption`/`audio` (and `keep_columns`, to themselves) to the source's columns, or explain
+    which flag to set."""
     columns = split.column_names
 
     def require(column, flag):
@@ -290,17 +293,19 @@ def _pick_columns(split, source, image_column, caption_column, audio_column):
             )
         return column
 
-    roles = {"caption": require(caption_column, "caption_column")}
+    roles = {} if caption_column is None else {"caption": require(caption_column, "caption_column")}
     for role, column in (("image", image_column), ("audio", audio_column)):
         if column is not None:
             roles[role] = require(column, f"{role}_column")
         elif role in columns:
             roles[role] = role
-    if len(roles) == 1:
+    if not set(roles) & {"image", "audio"} and (caption_column is not None or not roles):
         raise ValueError(
             f"{source} has no image or audio column; its columns are {columns}. "
             "Pass --image_column and/or --audio_column."
         )
+    for column in keep_columns:
+        roles[column] = require(column, "label_column")
     caption_type = (split.features or {}).get(caption_column)
     if isinstance(caption_type, Value) and caption_type.dtype not in ("string", "large_string"):
         raise ValueError(

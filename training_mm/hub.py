@@ -84,7 +84,7 @@ def describe_model(model):
         rows["Trainable parameters"] = f"{trainable:,}"
     towers = _built_sub_configs(base, config)
     for name in towers:
-        rows[f"{name.removesuffix('_config').capitalize()} tower"] = _describe_tower(getattr(config, name))
+        rows[f"{name.removesuffix('_config').replace('_', ' ').capitalize()} tower"] = _describe_tower(getattr(config, name))
     if not towers:
         rows["Encoder"] = _describe_tower(config)
     if getattr(config, "projection_dim", None) is not None:
@@ -133,6 +133,7 @@ def write_model_card(
     evaluation_note=None,
     repo_id=None,
     template_path=None,
+    classification_tasks=None,
 ):
     """Renders `model_card.md` into `folder/README.md` and returns the `ModelCard`.
 
@@ -156,6 +157,8 @@ def write_model_card(
             gallery's size, `training_mm.retrieval.RetrievalGallery.note`), shown above the results.
         repo_id: the Hub id used in the card's code snippets (defaults to `model_name`).
         template_path: a card template to use instead of the repository's `model_card.md`.
+        classification_tasks (`dict`, *optional*): an `MMForClassification`'s `config.task_specs()`; the card then
+            lists each task and its labels and shows the classification snippets.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -206,7 +209,13 @@ def write_model_card(
         repo=repo_id or model_name,
         modalities=list(modalities),
         task_type=task_type,
-        auto_class=AUTO_CLASSES.get(task_type, "AutoModel"),
+        auto_class=(
+            "AutoModelForSequenceClassification" if classification_tasks else AUTO_CLASSES.get(task_type, "AutoModel")
+        ),
+        task_rows=[
+            (_cell(name), _cell(f"{spec['problem_type']}: {', '.join(spec['labels'] or []) or spec['num_labels']}"))
+            for name, spec in (classification_tasks or {}).items()
+        ],
         is_adapter=is_adapter,
         base_model=base_model,
         base_model_url=f"{constants.ENDPOINT}/{base_model}" if base_model else None,

@@ -287,16 +287,11 @@ def build_synthetic_dataset(
 
 def _build_split(split, size, seed, image_size, voices):
     make = partial(make_example, split=split, seed=seed, image_size=image_size, voices=voices)
-    # Threads suffice: the heavy part, espeak-ng, runs in subprocesses, and numpy and PIL release the GIL.
-    with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1)) as pool:
-        rows = list(hf_tqdm(pool.map(make, range(size)), total=size, desc=f"Building the built-in {split} split"))
     features = Features({"image": Image(), "caption": Value("string")})
     if voices:
         features["audio"] = Audio(decode=False)
     features["label"] = Value("string")
-    # Cast after building, not `from_dict(features=...)`: that calls `Audio.encode_example`, which imports
-    # torchcodec (datasets >= 4) even for ready WAV bytes, while a cast only relabels the Arrow struct.
-    return Dataset.from_dict({name: [row[name] for row in rows] for name in features}).cast(features)
+    return _build_rows(make, size, features, split)
 
 
 def _default_cache_dir():
@@ -335,3 +330,142 @@ def write_folder(dataset_split, path):
                 sf.write(path / entry["audio"], *decode_audio(row["audio"]))
             entry.update({name: value for name, value in row.items() if name not in ("image", "audio")})
             metadata.write(json.dumps(entry) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------- fusion tasks
+
+FUSION_GENERATOR_VERSION = 1  # part of the fusion data's cache key: bump it whenever those rows change
+# The built-in fusion tasks: their label columns and transformers' problem types.
+FUSION_TASKS = {
+    "match": "single_label_classification",  # does the caption (text or spoken) describe the image?
+    "colours": "multi_label_classification",  # which colours appear in the image or the caption
+    "count": "regression",  # how many objects the image shows
+}
+
+
+def perturb_scene(scene, rng):
+    """The same scene with exactly one attribute changed (a colour, a shape, the size, the position, the relation
+    or the count): what a caption that almost describes the image says.
+
+    >>> scene = Scene("count", (("red", "star"),), count=3)
+    >>> perturb_scene(scene, np.random.default_rng(0)).label != scene.label
+    True
+    """
+    while True:
+        objects = list(scene.objects)
+        changes = ["colour", "shape"]
+        changes += {"single": ["size", "position"], "relation": ["relation"], "count": ["count"]}[scene.kind]
+        change = _choose(rng, changes)
+        fields = {}
+        if change in ("colour", "shape"):
+            which = int(rng.integers(len(objects)))
+            colour, shape = objects[which]
+            if change == "colour":
+                objects[which] = (_choose(rng, [c for c in COLOURS if c != colour]), shape)
+            else:
+                objects[which] = (colour, _choose(rng, [s for s in SHAPES if s != shape]))
+        elif change == "size":
+            fields["size"] = "small" if scene.size == "large" else "large"
+        elif change == "position":
+            fields["position"] = _choose(rng, [p for p in POSITIONS if p != scene.position])
+        elif change == "relation":
+            objects = objects[::-1]  # "A left of B" becomes "B left of A"
+        else:
+            fields["count"] = _choose(rng, [n for n in NUMBERS if n != scene.count])
+        perturbed = Scene(
+            scene.kind,
+            tuple(objects),
+            size=fields.get("size", scene.size),
+            position=fields.get("position", scene.position),
+            relation=scene.relation,
+            count=fields.get("count", scene.count),
+        )
+        if perturbed.label != scene.label:  # e.g. a relation of two identical objects cannot be flipped
+            return perturbed
+
+
+def make_fusion_example(index, *, split, seed, image_size, voices):
+    """Example `index` of a fusion-task split: an image, a caption (and its spoken audio) that describes it or, half
+    of the time, differs from it in one attribute, and the labels `match` (0/1), `colours` (the colour names in the
+    image or the caption) and `count` (objects in the image, a float)."""
+    # Its own random stream (offset split index), so the contrastive data's rows never change with this one.
+    rng = np.random.default_rng([seed, 100 + SPLITS.index(split), index])
+    scene = sample_scene(rng, held_out=False)
+    matches = bool(rng.random() < 0.5)
+    said = scene if matches else perturb_scene(scene, rng)
+    caption = caption_for(said, rng)
+    image = io.BytesIO()
+    draw_scene(scene, rng, image_size).save(image, format="PNG")
+    colours = sorted({colour for colour, _ in scene.objects + said.objects}, key=list(COLOURS).index)
+    example = {
+        "image": {"bytes": image.getvalue(), "path": None},
+        "caption": caption,
+        "match": int(matches),
+        "colours": colours,
+        "count": float(len(scene.objects) * scene.count),
+    }
+    if voices:
+        voice = _choose(rng, voices) + _choose(rng, VARIANTS)
+        wave = speak(caption, voice, int(rng.integers(*SPEEDS)), int(rng.integers(*PITCHES)))
+        audio = io.BytesIO()
+        sf.write(audio, wave, SAMPLING_RATE, format="WAV", subtype="PCM_16")
+        example["audio"] = {"bytes": audio.getvalue(), "path": f"{split}-{index:06d}.wav"}
+    return example
+
+
+def build_fusion_dataset(
+    num_train=2000, num_validation=200, num_test=300, image_size=64, seed=0, with_audio=True, cache_dir=None
+):
+    """Build (or load from the cache) the built-in fusion tasks: a `DatasetDict` with `train`/`validation`/`test`.
+
+    Columns: `image`, `caption`, `audio` (as in `build_synthetic_dataset`), `match` (int: 1 when the caption describes
+    the image, 0 when it differs in one attribute; half of each), `colours` (list of str) and `count` (float). `match`
+    needs the image and a caption (text or spoken): from one of them alone it is at chance. Cached like
+    `build_synthetic_dataset`, under its own key; scenes use the seen (colour, shape) pairs in every split.
+
+    >>> data = build_fusion_dataset(num_train=8, num_validation=2, num_test=2, image_size=32)  # doctest: +SKIP
+    >>> data["train"].column_names  # doctest: +SKIP
+    ['image', 'caption', 'audio', 'match', 'colours', 'count']
+    """
+    if with_audio and shutil.which("espeak-ng") is None:
+        logger.warning(NO_ESPEAK_WARNING)
+        with_audio = False
+    sizes = {"train": num_train, "validation": num_validation, "test": num_test}
+    key = dict(
+        tasks="fusion", version=FUSION_GENERATOR_VERSION, sizes=sizes, image_size=image_size, seed=seed, audio=with_audio
+    )
+    folder = Path(cache_dir or _default_cache_dir()) / hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+    if (folder / "dataset_dict.json").is_file():
+        logger.info("Loading the built-in fusion tasks from %s", folder)
+        return datasets.load_from_disk(str(folder))
+    voices = available_voices() if with_audio else None
+    features = Features({"image": Image(), "caption": Value("string")})
+    if voices:
+        features["audio"] = Audio(decode=False)
+    features.update({"match": Value("int64"), "colours": datasets.Sequence(Value("string")), "count": Value("float32")})
+    start = time.perf_counter()
+    splits = DatasetDict(
+        {
+            split: _build_rows(
+                partial(make_fusion_example, split=split, seed=seed, image_size=image_size, voices=voices),
+                size,
+                features,
+                f"fusion {split}",
+            )
+            for split, size in sizes.items()
+            if size > 0
+        }
+    )
+    logger.info("Built the built-in fusion tasks (%s) in %.1f s", sizes, time.perf_counter() - start)
+    _save_atomically(splits, folder)
+    return datasets.load_from_disk(str(folder))
+
+
+def _build_rows(make, size, features, name):
+    """Rows `make(0)`, ..., `make(size - 1)` as a `Dataset` with `features`."""
+    # Threads suffice: the heavy part, espeak-ng, runs in subprocesses, and numpy and PIL release the GIL.
+    with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1)) as pool:
+        rows = list(hf_tqdm(pool.map(make, range(size)), total=size, desc=f"Building the built-in {name} split"))
+    # Cast after building, not `from_dict(features=...)`: that calls `Audio.encode_example`, which imports
+    # torchcodec (datasets >= 4) even for ready WAV bytes, while a cast only relabels the Arrow struct.
+    return Dataset.from_dict({column: [row[column] for row in rows] for column in features}).cast(features)

@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""Which fusion type decides best from which modalities: a measured ablation of `MMForClassification`.
+
+For each fusion type (late, gated, concat, cross), with and without modality dropout, it trains
+examples/run_classification.py on the built-in fusion tasks (match, colours, count; one model, three heads) and
+measures the held-out test split with every subset of the modalities: all three, each pair, each single one. The
+table shows `match` accuracy (the task built to need the image and a caption: chance is 0.5 from either alone),
+then the `colours` mAP and `count` RMSE with every modality; mean ± std over the seeds.
+
+    python benchmarks/bench_fusion.py --quick      # tiny preset, 1 seed, a few minutes on 2 CPU cores
+    python benchmarks/bench_fusion.py              # small preset, 3 seeds (hours on a CPU)
+
+Every run is `run_classification.main([...])` with the arguments printed at the top, so any cell can be re-run
+alone. With `--json FILE` the raw metrics of every run are written there too.
+"""
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
+
+import run_classification  # noqa: E402
+from training_mm.classification import modality_subsets  # noqa: E402
+
+FUSION_TYPES = ("late", "gated", "concat", "cross")
+MODALITIES = ("text", "image", "audio")
+# Sizes of the two forms: (preset, train rows, test rows, optimizer steps, batch, seeds).
+QUICK = dict(preset="tiny", num_train=400, num_eval=100, max_steps=40, batch=32, seeds=1)
+FULL = dict(preset="small", num_train=2000, num_eval=300, max_steps=600, batch=32, seeds=3)
+
+
+def run_one(settings, fusion_type, modality_dropout, seed, output_dir):
+    argv = [
+        "--preset", settings["preset"],
+        "--num_train_samples", str(settings["num_train"]),
+        "--num_eval_samples", str(settings["num_eval"]),
+        "--max_steps", str(settings["max_steps"]),
+        "--per_device_train_batch_size", str(settings["batch"]),
+        "--learning_rate", "1e-3",
+        "--fusion_type", fusion_type,
+        "--modality_dropout", str(modality_dropout),
+        "--seed", str(seed),
+        "--eval_strategy", "no",
+        "--save_strategy", "no",
+        "--logging_steps", "50",
+        "--disable_tqdm", "true",
+        "--output_dir", str(output_dir),
+    ]  # fmt: skip
+    return argv, run_classification.main(argv)
+
+
+def mean_std(values):
+    mean = statistics.fmean(values)
+    return f"{mean:.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{mean:.3f}"
+
+
+def format_table(runs):
+    subsets = [" + ".join(subset) for subset in modality_subsets(MODALITIES)]
+    short = {" + ".join(subset): "+".join(name[0].upper() for name in subset) for subset in modality_subsets(MODALITIES)}
+    header = f"{'fusion':<8}{'mod. dropout':>13}" + "".join(f"{short[s]:>16}" for s in subsets)
+    header += f"{'colours mAP':>16}{'count RMSE':>16}"
+    lines = [
+        "match accuracy on the held-out test split by the modalities given (T text, I image, A audio; chance 0.5),",
+        "then colours mAP and count RMSE with every modality:",
+        header,
+    ]
+    for (fusion_type, dropout), metrics in runs.items():
+        cells = [mean_std([m[f"match accuracy [{s}]"] for m in metrics]) for s in subsets]
+        cells += [mean_std([m["colours mAP"] for m in metrics]), mean_std([m["count rmse"] for m in metrics])]
+        lines.append(f"{fusion_type:<8}{dropout:>13}" + "".join(f"{cell:>16}" for cell in cells))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="Tiny preset, small data, 1 seed: a few minutes.")
+    parser.add_argument("--seeds", type=int, default=None, help="Seeds per cell (default: 1 quick, 3 full).")
+    parser.add_argument("--fusion_types", nargs="+", default=list(FUSION_TYPES), choices=FUSION_TYPES)
+    parser.add_argument("--modality_dropout", nargs="+", type=float, default=[0.0, 0.3])
+    parser.add_argument("--max_steps", type=int, default=None, help="Override the optimizer steps of each run.")
+    parser.add_argument("--json", default=None, help="Also write every run's metrics to this file.")
+    args = parser.parse_args(argv)
+    settings = dict(QUICK if args.quick else FULL)
+    if args.seeds is not None:
+        settings["seeds"] = args.seeds
+    if args.max_steps is not None:
+        settings["max_steps"] = args.max_steps
+    logging.disable(logging.INFO)  # the runs' own INFO logs; the table is the output
+
+    start = time.perf_counter()
+    runs, raw = {}, []
+    with tempfile.TemporaryDirectory() as scratch:
+        for fusion_type in args.fusion_types:
+            for dropout in args.modality_dropout:
+                for seed in range(settings["seeds"]):
+                    output_dir = Path(scratch) / f"{fusion_type}-{dropout}-{seed}"
+                    run_argv, metrics = run_one(settings, fusion_type, dropout, seed, output_dir)
+                    runs.setdefault((fusion_type, dropout), []).append(metrics)
+                    raw.append({"argv": run_argv, "metrics": metrics})
+                    print(f"[{time.perf_counter() - start:6.0f} s] {fusion_type} dropout {dropout} seed {seed}: "
+                          f"match accuracy {metrics['match accuracy']:.3f}", flush=True)  # fmt: skip
+                    if args.json:  # after every run, so an interrupted benchmark keeps what it measured
+                        Path(args.json).write_text(json.dumps(raw, indent=1))
+    print()
+    print(f"bench_fusion {'--quick' if args.quick else '(full)'}: {settings}; run_classification.main arguments as in:")
+    print("  " + " ".join(raw[0]["argv"]))
+    print(format_table(runs))
+    print(f"Total time: {time.perf_counter() - start:.0f} s")
+    return runs
+
+
+if __name__ == "__main__":
+    main()

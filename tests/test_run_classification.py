@@ -1,0 +1,101 @@
+"""examples/run_classification.py end to end, called as `main([...])` on tiny settings: the built-in fusion tasks from
+an MMModel checkpoint with staged training, then the saved folder classifying through the stock and custom pipelines
+where mm is not installed; a user folder with one label column."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from testers import NUM_EVAL, NUM_TRAIN, TINY_RUN, require_espeak, run_clean, save_tiny_base
+
+import run_classification
+from training_mm.synthetic_data import FUSION_TASKS, build_fusion_dataset, write_folder
+
+TINY = [*TINY_RUN, "--preset", "tiny", "--per_device_train_batch_size", "8", "--max_steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def fusion_data(tmp_path_factory):
+    require_espeak()
+    previous = os.environ.get("MM_CACHE")
+    os.environ["MM_CACHE"] = str(tmp_path_factory.mktemp("mm_cache"))
+    yield build_fusion_dataset(num_train=NUM_TRAIN, num_validation=NUM_EVAL, num_test=NUM_EVAL, image_size=32)
+    if previous is None:
+        os.environ.pop("MM_CACHE", None)
+    else:
+        os.environ["MM_CACHE"] = previous
+
+
+def test_builtin_tasks_from_a_checkpoint_with_frozen_towers_then_pipelines_without_mm(fusion_data, tmp_path, capsys):
+    base = save_tiny_base(tmp_path / "base")
+    output_dir = tmp_path / "out"
+    metrics = run_classification.main(
+        [*TINY, "--model_name_or_path", str(base), "--freeze_towers_steps", "5", "--fusion_type", "cross",
+         "--output_dir", str(output_dir)]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "match accuracy" in printed and "text + image + audio" in printed and "\naudio " in printed
+    for key in ("match accuracy", "match macro_f1", "colours mAP", "colours micro_f1", "count rmse", "count mae"):
+        assert 0 <= metrics[key] < float("inf"), key
+    assert "match accuracy [image]" in metrics and "count rmse [text + audio]" in metrics
+    assert json.loads((output_dir / "eval_results.json").read_text())["eval_match accuracy"] == metrics["match accuracy"]
+
+    config = json.loads((output_dir / "config.json").read_text())
+    assert set(config["tasks"]) == set(FUSION_TASKS) and config["default_task"] == "match"
+    assert config["fusion_encoder_config"]["fusion_type"] == "cross"
+    # Staged training: 2 steps with the towers frozen for 5 leave them exactly as the checkpoint had them.
+    trained, started = load_file(output_dir / "model.safetensors"), load_file(base / "model.safetensors")
+    for key, value in started.items():
+        torch.testing.assert_close(trained[f"mm.{key}"], value, rtol=0, atol=0)
+    assert any(key.startswith("fusion.") for key in trained)
+    card = (output_dir / "README.md").read_text()
+    assert "multimodal-classification" in card and "| colours | multi_label_classification: " in card
+
+    image, clip = tmp_path / "image.png", tmp_path / "clip.wav"
+    row = fusion_data["test"][0]
+    row["image"].save(image)
+    clip.write_bytes(row["audio"]["bytes"])
+    code = f"""
+import soundfile
+from transformers import pipeline
+folder = {str(output_dir)!r}
+# The stock pipelines load the model through AutoModelForImageClassification / AudioClassification /
+# SequenceClassification, the custom one through AutoModelForSequenceClassification.
+labels = {{"0", "1"}}  # the default task, match
+out = pipeline("image-classification", model=folder, trust_remote_code=True)({str(image)!r})
+assert {{o["label"] for o in out}} == labels, out
+wave, rate = soundfile.read({str(clip)!r}, dtype="float32")  # the stock pipeline reads files with ffmpeg
+out = pipeline("audio-classification", model=folder, trust_remote_code=True)(wave)
+assert {{o["label"] for o in out}} == labels, out
+out = pipeline("text-classification", model=folder, trust_remote_code=True)({row["caption"]!r})
+assert out[0]["label"] in labels, out
+clf = pipeline("multimodal-classification", model=folder, trust_remote_code=True)
+both = clf({{"image": {str(image)!r}, "text": {row["caption"]!r}, "audio": {str(clip)!r}}})
+assert set(both) == {{"match", "colours", "count"}} and isinstance(both["count"]["score"], float), both
+assert {{o["label"] for o in both["colours"]}} == {{"red", "green", "blue", "yellow", "purple", "orange"}}
+one = clf([{{"text": {row["caption"]!r}}}, {{"image": {str(image)!r}}}])
+assert len(one) == 2 and set(one[1]) == set(both), one
+print("PIPELINES OK")
+"""
+    assert "PIPELINES OK" in run_clean(code, cwd=tmp_path)
+
+
+def test_user_folder_with_one_label_column_as_classes(fusion_data, tmp_path):
+    """A folder with metadata.jsonl; integer-valued counts taken as classes (--problem_type), one head; a label
+    unseen in training is refused by `encode_labels` (tests/test_fusion.py)."""
+    folder = tmp_path / "data"
+    for split in ("train", "validation", "test"):
+        write_folder(fusion_data[split], folder / split)
+    output_dir = tmp_path / "out"
+    metrics = run_classification.main(
+        [*TINY, "--dataset_name", str(folder), "--label_column", "count", "--problem_type",
+         "single_label_classification", "--fusion_type", "late", "--eval_strategy", "steps", "--eval_steps", "2",
+         "--output_dir", str(output_dir)]
+    )  # fmt: skip
+    assert "count accuracy" in metrics and "count macro_f1" in metrics and "eval_loss" in metrics
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["problem_type"] == "single_label_classification"
+    assert set(config["id2label"].values()) <= {"1", "2", "3", "4", "5", "6", "7", "8"}
+
