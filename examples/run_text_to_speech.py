@@ -153,7 +153,9 @@ def evaluate(model, judge, processor, rows, model_args):
         captioner = MMForConditionalGeneration.from_pretrained(model_args.captioner_name_or_path).eval()
         captioner_processor = load_processor(model_args.captioner_name_or_path, captioner.config)
     text = processor(text=captions, padding=True, return_tensors="pt")
+    # get_*_features are projected but not normalised (as CLIP's); recall_at_k compares unit vectors.
     text_embeds = judge.get_text_features(input_ids=text["input_ids"], attention_mask=text["attention_mask"])
+    text_embeds = torch.nn.functional.normalize(text_embeds.pooler_output, dim=-1)
     metrics = {}
     for name, waves in clips.items():
         references = [model.mel_spectrogram(torch.from_numpy(r)[None])[0].numpy() for r in real]
@@ -164,6 +166,7 @@ def evaluate(model, judge, processor, rows, model_args):
         audio_embeds = judge.get_audio_features(
             input_features=audio["input_features"], audio_attention_mask=audio.get("audio_attention_mask")
         )
+        audio_embeds = torch.nn.functional.normalize(audio_embeds.pooler_output, dim=-1)
         recalls = recall_at_k(audio_embeds, text_embeds, keys, keys, ks=(1, 5))
         metrics.update({f"{name} recall@{k} audio->text": value for k, value in recalls.items()})
         if captioner is not None:

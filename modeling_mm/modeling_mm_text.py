@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # never executed: see DIFFUSERS_CLOSURE below
     from .modeling_mm_audio import MMAudioModel  # noqa: F401
     from .modeling_mm_audio_adapter import encode_audio  # noqa: F401
     from .modeling_mm_decoder import MMTextDecoder  # noqa: F401
+    from .modeling_mm_fusion import MMForClassification  # noqa: F401
     from .modeling_mm_generation import MMForConditionalGeneration  # noqa: F401
     from .modeling_mm_griffin_lim import MMMelSpectrogram  # noqa: F401
     from .modeling_mm_long_attention import LONG_INPUT_ATTENTION_FUNCTIONS  # noqa: F401
@@ -23,6 +24,7 @@ if TYPE_CHECKING:  # never executed: see DIFFUSERS_CLOSURE below
     from .modeling_mm_speech import MMForTextToSpeech  # noqa: F401
     from .modeling_mm_vision import MMVisionModel  # noqa: F401
     from .pipeline_mm import MMImageToTextPipeline  # noqa: F401
+    from .pipeline_mm_classification import MMClassificationPipeline  # noqa: F401
     from .pipeline_mm_text_to_speech import MMTextToSpeechPipeline  # noqa: F401
 # DIFFUSERS_CLOSURE: the text tower is the `text_encoder` of the diffusers text-to-image pipeline, where diffusers loads
 # it as a custom component from `text_encoder/modeling_mm_text.py`, copying into its module cache only the files this

@@ -33,10 +33,12 @@ class TowerEmbedding(nn.Module):
 
     def forward(self, inputs, mask=None):
         if self.tower == "text":
-            return self.model.get_text_features(inputs, mask)
-        if self.tower == "image":
-            return self.model.get_image_features(inputs)
-        return self.model.get_audio_features(inputs, mask)
+            outputs = self.model.get_text_features(inputs, mask)
+        elif self.tower == "image":
+            outputs = self.model.get_image_features(inputs)
+        else:
+            outputs = self.model.get_audio_features(inputs, mask)
+        return nn.functional.normalize(outputs.pooler_output, dim=-1)  # get_*_features project, as CLIP's, unnormalised
 
 
 def example_inputs(config, tower: str, batch: int = 2, length: int = 8) -> dict[str, torch.Tensor]:

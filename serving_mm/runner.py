@@ -188,5 +188,7 @@ def _architectures(checkpoint: str) -> list[str]:
     return PretrainedConfig.get_config_dict(checkpoint)[0].get("architectures") or []
 
 
-def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.float().cpu().numpy()
+def _numpy(features) -> np.ndarray:
+    """The L2-normalised embeddings of a `get_*_features` output (which, as CLIP's, are projected, not normalised)."""
+    embeds = getattr(features, "pooler_output", features)
+    return torch.nn.functional.normalize(embeds.float(), dim=-1).cpu().numpy()

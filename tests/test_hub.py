@@ -235,7 +235,7 @@ def test_a_regular_install_ships_the_card_template(tmp_path, monkeypatch):
     source.mkdir()
     for name in ("setup.py", "README.md", "model_card.md"):
         shutil.copy(repo / name, source)
-    for package in ("configuration_mm", "modeling_mm", "processing_mm", "training_mm"):
+    for package in ("configuration_mm", "modeling_mm", "processing_mm", "training_mm", "serving_mm"):
         shutil.copytree(repo / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],

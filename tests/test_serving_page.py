@@ -57,15 +57,29 @@ def browser():
 
 
 def first_result(driver, previous=None):
+    """(caption, score, natural width of its image or None, text) of the first result once it differs from
+    `previous`; read in one go, retried while the page re-renders the list (which makes elements stale)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     def ready(driver):
         items = driver.find_elements(By.CSS_SELECTOR, "#results li.result")
-        return items and items[0].text != previous and items[0]
+        if not items or items[0].text == previous:
+            return False
+        item = items[0]
+        images = item.find_elements(By.TAG_NAME, "img")
+        width = (
+            driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", images[0])
+            if images
+            else None
+        )
+        if images and not width:
+            return False  # not loaded yet
+        caption = item.find_element(By.CSS_SELECTOR, ".caption").text
+        return caption, float(item.find_element(By.CSS_SELECTOR, ".score").text), width, item.text
 
-    item = WebDriverWait(driver, 30).until(ready)
-    return item.find_element(By.CSS_SELECTOR, ".caption").text, float(item.find_element(By.CSS_SELECTOR, ".score").text), item
+    return WebDriverWait(driver, 30, ignored_exceptions=(StaleElementReferenceException,)).until(ready)
 
 
 def test_typed_caption_finds_its_image_first(server, browser, trained_clip):
@@ -73,20 +87,22 @@ def test_typed_caption_finds_its_image_first(server, browser, trained_clip):
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from selenium.common.exceptions import StaleElementReferenceException
+
     browser.get(server)
-    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#modality option"))
-    assert browser.find_element(By.ID, "modality").get_attribute("value") == "image"
+    # The page fills the modality menu from /info once loaded (replacing the element): wait for the image choice.
+    WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: d.find_element(By.ID, "modality").get_attribute("value") == "image"
+    )
     previous = None
     for i in (3, 0):
         box = browser.find_element(By.ID, "query")
         box.clear()
         box.send_keys(trained_clip.captions[i], Keys.ENTER)
-        caption, score, item = first_result(browser, previous)
+        caption, score, width, previous = first_result(browser, previous)
         assert caption == trained_clip.captions[i]
         assert 0 < score <= 1
-        image = item.find_element(By.TAG_NAME, "img")
-        assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) == 32
-        previous = item.text
+        assert width == 32  # the result shows the indexed image itself
     results = browser.find_elements(By.CSS_SELECTOR, "#results li.result")
     assert len(results) == 6
 
@@ -97,5 +113,5 @@ def test_choosing_an_image_file_finds_that_image_first(server, browser, trained_
     browser.get(server)
     first_text = None
     browser.find_element(By.ID, "file").send_keys(str(trained_clip.media / "images" / "5.png"))
-    caption, score, _ = first_result(browser, first_text)
+    caption, score, _, _ = first_result(browser, first_text)
     assert caption == trained_clip.captions[5] and score == pytest.approx(1.0, abs=1e-3)
