@@ -50,6 +50,7 @@ from training_mm.cli import (
     check_splits,
     image_size_of,
     load_processor,
+    load_splits,
     new_processor,
     parse_script_args,
     prepare_output,
@@ -59,8 +60,7 @@ from training_mm.cli import (
     train_and_collect_losses,
     trainer_hyperparameters,
 )
-from training_mm.data import filter_unreadable, load_user_dataset
-from training_mm.hub import SYNTHETIC_DATASET, describe_model
+from training_mm.hub import describe_model
 from training_mm.synthetic_data import FUSION_TASKS, build_fusion_dataset
 
 logger = logging.getLogger("run_classification")
@@ -252,35 +252,16 @@ def parse_args(argv):
 def load_classification_splits(data_args, training_args, image_size):
     """Returns (splits, readable dataset name, dataset id for the card, label columns)."""
     if data_args.dataset_name is None:
-        with training_args.main_process_first(desc="building the built-in fusion tasks"):
-            splits = build_fusion_dataset(
-                num_train=data_args.num_train_samples,
-                num_validation=data_args.num_eval_samples,
-                num_test=data_args.num_eval_samples,
-                image_size=image_size,
-            )
         label_columns = data_args.label_column or list(FUSION_TASKS)
-        name, dataset_type = "mm built-in fusion tasks", SYNTHETIC_DATASET
     else:
         label_columns = data_args.label_column
-        with training_args.main_process_first(desc="loading the dataset"):
-            splits = load_user_dataset(
-                data_args.dataset_name,
-                image_column=data_args.image_column,
-                caption_column=data_args.caption_column,
-                audio_column=data_args.audio_column,
-                streaming=data_args.streaming,
-                keep_columns=label_columns,
-            )
-            splits = {split_name: filter_unreadable(split) for split_name, split in splits.items()}
-        name = dataset_type = data_args.dataset_name
-    splits = dict(splits)
-    if data_args.max_train_samples is not None:
-        train = splits["train"]
-        limit = data_args.max_train_samples
-        splits["train"] = (
-            train.take(limit) if isinstance(train, IterableDataset) else train.select(range(min(limit, len(train))))
-        )
+    splits, name, dataset_type = load_splits(
+        data_args,
+        training_args,
+        image_size,
+        builtin=(build_fusion_dataset, "mm built-in fusion tasks"),
+        keep_columns=label_columns if data_args.dataset_name else (),
+    )
     return splits, name, dataset_type, label_columns
 
 
@@ -295,7 +276,9 @@ def base_model_config(model_args):
         else MMConfig.from_preset(model_args.preset)
     )
     towers = {
-        f"{name}_config": AutoConfig.from_pretrained(path) for name, path in encoder_paths(model_args).items() if path
+        f"{name}_config": AutoConfig.from_pretrained(path, trust_remote_code=False)
+        for name, path in encoder_paths(model_args).items()
+        if path
     }
     return MMConfig(**{**config.to_dict(), **towers}) if towers else config
 

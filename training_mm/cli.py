@@ -325,18 +325,22 @@ def trainer_hyperparameters(trainer):
 # ------------------------------------------------------------------------------------------------ data
 
 
-def load_splits(data_args, training_args, image_size):
-    """Returns (splits, readable dataset name, dataset id for the model card)."""
+def load_splits(data_args, training_args, image_size, builtin=None, keep_columns=()):
+    """Returns (splits, readable dataset name, dataset id for the model card).
+
+    Without `--dataset_name`, the built-in data: `builtin` = (builder, readable name), by default the synthetic
+    scenes; user data keeps `keep_columns` (e.g. label columns) besides image, caption and audio."""
     if data_args.dataset_name is None:
+        build, name = builtin or (build_synthetic_dataset, "mm built-in synthetic scenes")
         # One process builds (or loads) the cached data while the others wait, then they all load the cache.
         with training_args.main_process_first(desc="building the built-in data"):
-            splits = build_synthetic_dataset(
+            splits = build(
                 num_train=data_args.num_train_samples,
                 num_validation=data_args.num_eval_samples,
                 num_test=data_args.num_eval_samples,
                 image_size=image_size,
             )
-        name, dataset_type = "mm built-in synthetic scenes", SYNTHETIC_DATASET
+        dataset_type = SYNTHETIC_DATASET
     else:
         with training_args.main_process_first(desc="loading the dataset"):
             splits = load_user_dataset(
@@ -345,6 +349,7 @@ def load_splits(data_args, training_args, image_size):
                 caption_column=data_args.caption_column,
                 audio_column=data_args.audio_column,
                 streaming=data_args.streaming,
+                keep_columns=keep_columns,
             )
             # Rows whose image/audio cannot be decoded or whose caption is empty are logged with a count and dropped.
             splits = {split_name: filter_unreadable(split) for split_name, split in splits.items()}
