@@ -2,7 +2,8 @@
 
 `mm-export CHECKPOINT` writes `<checkpoint>/onnx/{text,image,audio}.onnx` (the dynamo exporter, dynamic batch and
 length), checks each against PyTorch with ONNX Runtime (max abs difference of the embeddings) and prints the
-figures; `mm-serve CHECKPOINT --backend onnx` then serves them. `quantize_int8` is PyTorch's dynamic quantization
+figures; for a captioner it also writes its encoders and decoder step (`serving_mm.export_captioner`) and checks that
+greedy decoding from them writes PyTorch's tokens; `mm-serve CHECKPOINT --backend onnx` then serves them. `quantize_int8` is PyTorch's dynamic quantization
 of every `nn.Linear` (int8 weights, activations quantized per batch); `mm-serve --backend int8` applies it at load.
 """
 
@@ -152,16 +153,33 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="mm-export", description=main.__doc__)
     parser.add_argument("checkpoint", help="an mm checkpoint folder (or Hub id, with --output_dir)")
     parser.add_argument("--output_dir", help="where to write the .onnx files (default: CHECKPOINT/onnx)")
-    parser.add_argument("--towers", nargs="+", choices=TOWERS, default=list(TOWERS), help="which towers to export")
+    parser.add_argument(
+        "--towers", nargs="+", choices=(*TOWERS, "captioner"),
+        help="what to export (default: the three towers, and for a captioner checkpoint its encoders and decoder step)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    model_class = MMForConditionalGeneration if CAPTIONER in _architectures(args.checkpoint) else MMModel
-    model = model_class.from_pretrained(args.checkpoint)
+    is_captioner = CAPTIONER in _architectures(args.checkpoint)
+    model = (MMForConditionalGeneration if is_captioner else MMModel).from_pretrained(args.checkpoint)
     output_dir = Path(args.output_dir or Path(args.checkpoint) / "onnx")
-    differences = export_onnx(model, output_dir, args.towers)
+    towers = args.towers or [*TOWERS, *(["captioner"] if is_captioner else [])]
+    if "captioner" in towers and not is_captioner:
+        parser.error(f"--towers captioner: {args.checkpoint} is not an MMForConditionalGeneration checkpoint.")
+    differences = export_onnx(model, output_dir, [tower for tower in towers if tower != "captioner"])
     for tower, difference in differences.items():
         size = (output_dir / f"{tower}.onnx").stat().st_size / 1e6
         print(f"{tower:>5}: {output_dir / f'{tower}.onnx'} ({size:.1f} MB), max abs diff vs PyTorch {difference:.2e}")
+    if "captioner" in towers:
+        from .export_captioner import STEP_FILE, export_captioner
+
+        # Random media: the check is that ONNX Runtime and PyTorch write the same tokens, not good captions.
+        examples = {modality: example_inputs(model.config, modality) for modality in ("image", "audio")}
+        mismatches = export_captioner(model, output_dir, examples)
+        size = (output_dir / STEP_FILE).stat().st_size / 1e6
+        checked = ", ".join(f"{len(examples[m][next(iter(examples[m]))])} {m}" for m in mismatches)
+        print(f"captioner: {output_dir / STEP_FILE} ({size:.1f} MB) and the encoders; greedy captions of {checked} "
+              "inputs identical to PyTorch's, token for token")  # fmt: skip
+        differences["captioner"] = sum(mismatches.values())
     return differences
 
 

@@ -18,6 +18,8 @@ from modeling_mm import MMForConditionalGeneration, MMModel
 from processing_mm import MMProcessor
 from training_mm.cli import load_processor
 
+from .export_captioner import OnnxCaptioner
+
 logger = logging.getLogger("mm-serve")
 
 BACKENDS = ("torch", "int8", "onnx")
@@ -83,7 +85,9 @@ class TorchRunner:
         kwargs = {"do_sample": False, "num_beams": 1}
         if self.max_new_tokens is not None:
             kwargs["max_new_tokens"] = self.max_new_tokens
-        tokens = self.captioner.generate(**media, **kwargs)
+        return self._decode(self.captioner.generate(**media, **kwargs))
+
+    def _decode(self, tokens) -> list[str]:
         return [text.strip() for text in self.processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
 
@@ -101,8 +105,9 @@ class Int8Runner(TorchRunner):
 
 class OnnxRunner(TorchRunner):
     """Embeddings from the ONNX towers that `serving_mm.export` wrote (`<checkpoint>/onnx/{text,image,audio}.onnx`),
-    run with ONNX Runtime on CPU. A tower that was not exported (`mm-export --towers image`), and the caption
-    decoder, run in PyTorch; `onnx_towers` lists the ones that do not."""
+    and for a captioner greedy captions from its exported encoders and decoder step (`serving_mm.export_captioner`),
+    run with ONNX Runtime on CPU. What was not exported (`mm-export --towers image`) runs in PyTorch; `onnx_towers`
+    lists what does not ("captioner" for the decoder)."""
 
     backend = "onnx"
 
@@ -116,11 +121,14 @@ class OnnxRunner(TorchRunner):
             for tower, path in paths.items()
             if path.is_file()
         }
-        if not self.sessions:
+        self.onnx_captioner = None
+        if self.captioner is not None and OnnxCaptioner.available(onnx_dir):
+            self.onnx_captioner = OnnxCaptioner(onnx_dir, self.captioner.generation_config)
+        if not self.sessions and self.onnx_captioner is None:
             raise FileNotFoundError(
                 f"No exported tower in {onnx_dir}: run `mm-export {Path(onnx_dir).parent}` first."
             )
-        self.onnx_towers = sorted(self.sessions)
+        self.onnx_towers = sorted(self.sessions) + (["captioner"] if self.onnx_captioner is not None else [])
         logger.info("ONNX Runtime runs the %s tower(s); PyTorch runs the rest.", ", ".join(self.onnx_towers))
 
     def embed_text(self, texts):
@@ -139,6 +147,21 @@ class OnnxRunner(TorchRunner):
             return super().embed_audio(clips)
         batch = self.processor(audio=clips, sampling_rate=self.sampling_rate, return_tensors="np")
         return self._run("audio", batch["input_features"], batch["audio_attention_mask"])
+
+    def caption_images(self, images):
+        if self.onnx_captioner is None or "image" not in self.onnx_captioner.encoders:
+            return super().caption_images(images)
+        return self._caption("image", self.processor(images=images, return_tensors="np")["pixel_values"])
+
+    def caption_audio(self, clips):
+        if self.onnx_captioner is None or "audio" not in self.onnx_captioner.encoders:
+            return super().caption_audio(clips)
+        batch = self.processor(audio=clips, sampling_rate=self.sampling_rate, return_tensors="np")
+        return self._caption("audio", batch["input_features"], batch["audio_attention_mask"])
+
+    def _caption(self, modality, *arrays):
+        tokens = self.onnx_captioner.generate(modality, *arrays, max_new_tokens=self.max_new_tokens)
+        return self._decode(tokens)
 
     def _run(self, tower, *arrays):
         session = self.sessions[tower]

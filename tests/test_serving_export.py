@@ -59,3 +59,33 @@ def test_int8_keeps_the_embeddings_and_the_ranking(trained_clip, fp32):
     assert export.int8_weight_bytes(int8.model) < 0.6 * fp32_bytes  # linear weights take a quarter of the space
     with TestClient(create_app(int8)) as client:
         assert client.get("/ready").json()["backend"] == "int8"
+
+
+def test_captioner_decoder_step_exports_and_greedy_decoding_matches_pytorch(tmp_path):
+    """`mm-export` on a captioner writes its encoders and a decoder step with explicit key/value inputs and outputs;
+    greedy decoding from them writes PyTorch's tokens on the test scenes, and `--backend onnx` serves those captions.
+    (The image encoder only, to keep the test short; `mm-export` exports both and checks both.)"""
+    from test_generation import CAPTIONS, media, trained_captioner
+
+    from serving_mm.export_captioner import STEP_FILE, OnnxCaptioner, export_captioner
+
+    model, processor, image_batch, _, images, _ = trained_captioner()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    assert export_captioner(model, tmp_path / "onnx", {"image": media(image_batch)}) == {"image": 0}
+    step = OnnxCaptioner(tmp_path / "onnx", model.generation_config)
+    inputs = [spec.name for spec in step.step.get_inputs()]
+    outputs = [spec.name for spec in step.step.get_outputs()]
+    assert inputs[4:6] == ["past_key_0", "past_value_0"] and outputs[:3] == ["logits", "present_key_0", "present_value_0"]
+    pixels = image_batch["pixel_values"]
+    expected = model.generate(pixel_values=pixels, do_sample=False, num_beams=1).numpy()
+    np.testing.assert_array_equal(step.generate("image", pixels.numpy()), expected)
+    np.testing.assert_array_equal(step.generate("image", pixels[2:3].numpy()), expected[2:3, : expected[2].tolist().index(2) + 1])
+    assert (tmp_path / "onnx" / STEP_FILE).is_file()
+
+    runner = load_runner(str(tmp_path), backend="onnx")
+    runner.captioner.generate = lambda *args, **kwargs: pytest.fail("captioned in PyTorch, not ONNX Runtime")
+    with TestClient(create_app(runner)) as client:
+        assert client.get("/info").json()["onnx_towers"] == ["captioner"]
+        response = client.post("/caption", json={"image": b64(png_bytes(images[4]))})
+        assert response.status_code == 200 and response.json()["text"] == CAPTIONS[4]
