@@ -7,6 +7,10 @@ Inputs come as JSON (texts, base64 media) or as multipart uploads with the same 
     POST /embed/text {"texts": [...]}        /embed/image {"images": [b64, ...]}   /embed/audio {"audio": [b64, ...]}
     POST /classify {"labels": [...], "image": b64 | "audio": b64}
     POST /caption {"image": b64 | "audio": b64}, /transcribe {"audio": b64}     (captioner checkpoints)
+    POST /classify {"text": ..., "image": b64, "audio": b64} (any of them)      (fusion classifier checkpoints)
+    POST /speech {"text": "..."} -> base64 WAV                                 (text-to-speech checkpoints)
+    POST /generate {"prompt": "...", "num_inference_steps", "guidance_scale", "seed"} -> base64 PNG
+                                                                               (text-to-image pipeline folders)
     POST /search {"text": "..." | "image": b64 | "audio": b64, "modality": "image" | "audio", "k": 10}
     GET  /items/{modality}/{row}               (an indexed file, for the page's thumbnails and players)
 
@@ -14,6 +18,7 @@ Bad input answers 4xx with `{"detail": "<field>: <problem>"}`; a full queue answ
 """
 
 import asyncio
+import base64
 import time
 from importlib import resources
 from pathlib import Path
@@ -27,6 +32,7 @@ from .batching import DynamicBatcher, QueueFull
 from .index import MODALITIES, load_indexes
 from .media import InputError, as_list, check_text, decode_audio, decode_image, from_base64
 from .runner import CapabilityError
+from .task_runners import MAX_GUIDANCE_SCALE, MAX_INFERENCE_STEPS
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_ITEMS = 64  # per request; larger jobs belong to mm-index
@@ -60,13 +66,7 @@ def create_app(
         batch_wait.labels(kind).observe(waited)
 
     batcher = DynamicBatcher(
-        {
-            "text": runner.embed_text,
-            "image": runner.embed_images,
-            "audio": runner.embed_audio,
-            "caption_image": runner.caption_images,
-            "caption_audio": runner.caption_audio,
-        },
+        runner.handlers(),
         max_batch_size=max_batch_size,
         max_wait_s=max_wait_ms / 1000,
         max_queue=max_queue,
@@ -77,7 +77,7 @@ def create_app(
     queue_depth.set_function(lambda: batcher.depth)
     indexes, index_info = load_indexes(index_dir) if index_dir is not None else ({}, {})
     for modality, index in indexes.items():
-        if index.index.d != runner.embedding_dim:
+        if index.index.d != getattr(runner, "embedding_dim", None):
             raise ValueError(
                 f"The {modality} index in {index_dir} holds {index.index.d}-d vectors but the model embeds in "
                 f"{runner.embedding_dim} dimensions: it was built with another model ({index_info.get('checkpoint')})."
@@ -120,6 +120,10 @@ def create_app(
         return JSONResponse({"detail": str(error)}, status_code=404)
 
     async def run(kind, payload):
+        if kind not in batcher.handlers:
+            raise CapabilityError(
+                f"This checkpoint cannot serve {kind!r} requests; it serves {runner.capabilities} (see /info)."
+            )
         return await asyncio.wrap_future(batcher.submit(kind, payload))
 
     async def embed(kind, items):
@@ -145,8 +149,8 @@ def create_app(
             "backend": runner.backend,
             "onnx_towers": getattr(runner, "onnx_towers", []),
             "capabilities": runner.capabilities,
-            "embedding_dim": runner.embedding_dim,
-            "sampling_rate": runner.sampling_rate,
+            "embedding_dim": getattr(runner, "embedding_dim", None),
+            "sampling_rate": getattr(runner, "sampling_rate", None),
             "indexes": {modality: len(index) for modality, index in indexes.items()},
         }
 
@@ -173,6 +177,10 @@ def create_app(
     @app.post("/classify")
     async def classify(request: Request):
         body = await read_body(request)
+        if "classify" in runner.capabilities:
+            return await classify_fused(body)
+        if "text" not in runner.capabilities:
+            raise CapabilityError(f"This checkpoint cannot classify; it serves {runner.capabilities} (see /info).")
         labels = _texts(body, "labels")
         modality, item = one_media(body)
         query = (await embed(modality, [item]))[0]
@@ -180,6 +188,43 @@ def create_app(
         scores = _sigmoid(logits) if runner.loss_type == "siglip" else _softmax(logits)
         order = np.argsort(-scores)
         return {"labels": [labels[i] for i in order], "scores": [float(scores[i]) for i in order]}
+
+    async def classify_fused(body):
+        """A fusion classifier's own classes for one item of any mix of text, image and audio."""
+        if body.get("labels") is not None:
+            raise InputError("labels", "this checkpoint is a trained classifier with its own classes; drop `labels`.")
+        item = {}
+        if body.get("text") is not None:
+            item["text"] = check_text(body["text"], "text")
+        for modality in MODALITIES:
+            if body.get(modality) is not None:
+                item[modality] = to_media(_one(body[modality], modality), modality, modality)
+        if not item:
+            raise InputError("text/image/audio", "send at least one of `text`, `image` or `audio` to classify.")
+        return {"predictions": await run("classify", item)}
+
+    @app.post("/speech")
+    async def speech(request: Request):
+        body = await read_body(request)
+        if "speech" not in runner.capabilities:
+            raise CapabilityError(f"This checkpoint cannot speak; it serves {runner.capabilities} (see /info).")
+        text = runner.check_text(check_text(_required(body, "text"), "text"), "text")
+        wav = await run("speech", text)
+        return {"audio": base64.b64encode(wav).decode(), "sampling_rate": runner.sampling_rate, "format": "wav"}
+
+    @app.post("/generate")
+    async def generate(request: Request):
+        body = await read_body(request)
+        if "generate" not in runner.capabilities:
+            raise CapabilityError(
+                f"This checkpoint cannot generate images; it serves {runner.capabilities} (see /info)."
+            )
+        prompt = runner.check_prompt(check_text(_required(body, "prompt"), "prompt"), "prompt")
+        steps = _int_field(body.get("num_inference_steps", 25), "num_inference_steps", 1, MAX_INFERENCE_STEPS)
+        guidance = _float_field(body.get("guidance_scale", 3.0), "guidance_scale", 0.0, MAX_GUIDANCE_SCALE)
+        seed = _int_field(body.get("seed", 0), "seed", 0, 2**63 - 1)
+        png = await run("generate", (prompt, steps, guidance, seed))
+        return {"image": base64.b64encode(png).decode(), "format": "png", "seed": seed}
 
     async def caption(body):
         if "caption" not in runner.capabilities:
@@ -237,12 +282,7 @@ def create_app(
         if len(present) != 1:
             problem = f"send exactly one of `image` or `audio` ({what}); got {present or 'none'}."
             raise InputError("image/audio", problem)
-        value = body[present[0]]
-        if isinstance(value, list):
-            if len(value) != 1:
-                raise InputError(present[0], f"expected one item, got {len(value)}.")
-            value = value[0]
-        return present[0], to_media(value, present[0], present[0])
+        return present[0], to_media(_one(body[present[0]], present[0]), present[0], present[0])
 
     def to_media(value, field, modality):
         data = value if isinstance(value, bytes) else from_base64(value, field)
@@ -319,6 +359,25 @@ def _required(body: dict, field: str):
     if body.get(field) is None:
         raise InputError(field, "is missing.")
     return body[field]
+
+
+def _one(value, field):
+    """A field's single value (a one-item list, as a multipart form may give, is unwrapped)."""
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise InputError(field, f"expected one item, got {len(value)}.")
+        return value[0]
+    return value
+
+
+def _float_field(value, field, low, high) -> float:
+    try:
+        number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+    except ValueError:
+        number = None
+    if number is None or not low <= number <= high:
+        raise InputError(field, f"must be a number from {low} to {high}, got {value!r:.40}.")
+    return number
 
 
 def _int_field(value, field, low, high) -> int:

@@ -53,6 +53,13 @@ class TorchRunner:
         """What this checkpoint can serve: embeddings of each modality, and captions when it is a captioner."""
         return ["text", "image", "audio"] + (["caption"] if self.captioner is not None else [])
 
+    def handlers(self) -> dict:
+        """The batch functions the server's `DynamicBatcher` runs, by kind of request."""
+        handlers = {"text": self.embed_text, "image": self.embed_images, "audio": self.embed_audio}
+        if self.captioner is not None:
+            handlers.update(caption_image=self.caption_images, caption_audio=self.caption_audio)
+        return handlers
+
     @torch.inference_mode()
     def embed_text(self, texts: list[str]) -> np.ndarray:
         batch = self.processor(text=texts, return_tensors="pt")
@@ -187,6 +194,9 @@ def load_runner(checkpoint: str, backend: str = "torch", max_new_tokens: int | N
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {BACKENDS}.")
+    task_runner = _task_runner(checkpoint, backend)
+    if task_runner is not None:
+        return task_runner
     model_class = MMForConditionalGeneration if CAPTIONER in _architectures(checkpoint) else MMModel
     model = model_class.from_pretrained(checkpoint).eval()
     processor = load_processor(checkpoint, config=model.config)  # this package's classes, not the saved remote code
@@ -200,6 +210,63 @@ def load_runner(checkpoint: str, backend: str = "torch", max_new_tokens: int | N
             )
         return OnnxRunner(model, processor, folder / "onnx", max_new_tokens)
     return TorchRunner(model, processor, max_new_tokens)
+
+
+def _task_runner(checkpoint: str, backend: str):
+    """The runner of a classifier, text-to-speech or text-to-image checkpoint (`serving_mm.task_runners`), or None for
+    an `MMModel` or captioner. These run in PyTorch: `int8` quantizes the classifier's and speech model's linear
+    layers; `onnx` is refused (only the towers and the captioner are exported)."""
+    from modeling_mm import MMForClassification, MMForTextToSpeech
+
+    from .task_runners import ClassifierRunner, SpeechRunner, TextToImageRunner
+
+    if (Path(checkpoint) / "model_index.json").is_file():
+        kind, load = "text-to-image pipeline", None
+    else:
+        architectures = _architectures(checkpoint)
+        kinds = {"MMForClassification": MMForClassification, "MMForTextToSpeech": MMForTextToSpeech}
+        kind = next((name for name in kinds if name in architectures), None)
+        if kind is None:
+            return None
+        load = kinds[kind]
+    if backend == "onnx" or (backend == "int8" and load is None):
+        raise ValueError(
+            f"backend={backend!r} is not available for a {kind} checkpoint ({checkpoint}); serve it with "
+            f"--backend torch{'' if load is None else ' or int8'}."
+        )
+    if load is None:
+        return TextToImageRunner(_load_text_to_image(checkpoint))
+    model = load.from_pretrained(checkpoint).eval()
+    if backend == "int8":
+        from .export import quantize_int8
+
+        model = quantize_int8(model)
+    processor = load_processor(checkpoint, config=model.config)
+    if load is MMForClassification:
+        runner = ClassifierRunner(model, processor)
+    else:
+        runner = SpeechRunner(model, processor)
+    runner.backend = backend
+    return runner
+
+
+def _load_text_to_image(folder):
+    """An `MMTextToImagePipeline` from its saved folder, built from this package's and diffusers' classes, so none of
+    the folder's own code runs (`DiffusionPipeline.from_pretrained` would need `trust_remote_code=True` for it)."""
+    import diffusers
+    from transformers import AutoTokenizer
+
+    from modeling_mm import MMTextModel
+    from modeling_mm.pipeline_mm_text_to_image import MMTextToImagePipeline
+
+    folder = Path(folder)
+    scheduler_class = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
+    return MMTextToImagePipeline(
+        unet=diffusers.UNet2DConditionModel.from_pretrained(folder / "unet").eval(),
+        scheduler=getattr(diffusers, scheduler_class).from_pretrained(folder / "scheduler"),
+        text_encoder=MMTextModel.from_pretrained(folder / "text_encoder").eval(),
+        tokenizer=AutoTokenizer.from_pretrained(folder / "tokenizer", trust_remote_code=False),
+    )
 
 
 def _architectures(checkpoint: str) -> list[str]:
