@@ -3,8 +3,9 @@
 `mm-export CHECKPOINT` writes `<checkpoint>/onnx/{text,image,audio}.onnx` (the dynamo exporter, dynamic batch and
 length), checks each against PyTorch with ONNX Runtime (max abs difference of the embeddings) and prints the
 figures; for a captioner it also writes its encoders and decoder step (`serving_mm.export_captioner`) and checks that
-greedy decoding from them writes PyTorch's tokens; `mm-serve CHECKPOINT --backend onnx` then serves them. `quantize_int8` is PyTorch's dynamic quantization
-of every `nn.Linear` (int8 weights, activations quantized per batch); `mm-serve --backend int8` applies it at load.
+greedy decoding from them writes PyTorch's tokens. `mm-serve CHECKPOINT --backend onnx` then serves them.
+`quantize_int8` is PyTorch's dynamic quantization of every `nn.Linear` (int8 weights, activations quantized per
+batch); `mm-serve --backend int8` applies it at load.
 """
 
 import argparse

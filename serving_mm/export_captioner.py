@@ -1,9 +1,9 @@
 """ONNX export of an `MMForConditionalGeneration` captioner: the media encoders and one decoder step whose
 self-attention keys/values are explicit inputs and outputs, plus greedy decoding from them in ONNX Runtime.
 
-`export_captioner(model, folder)` writes, next to the towers of `serving_mm.export`:
+`export_captioner(model, folder, examples)` writes, next to the towers of `serving_mm.export`:
 
-    caption_image_encoder.onnx   pixel_values (B, 3, H, W)                    -> encoder_hidden_states, encoder_attention_mask
+    caption_image_encoder.onnx   pixel_values (B, 3, H, W) -> encoder_hidden_states (B, N, D), encoder_attention_mask (B, N)
     caption_audio_encoder.onnx   input_features (B, mels, F), audio_attention_mask (B, F) -> the same two outputs
     decoder_step.onnx            input_ids (B, T), attention_mask (B, P + T), encoder_hidden_states (B, N, D),
                                  encoder_attention_mask (B, N), past_key_<i>, past_value_<i> (B, heads, P, head_dim)
@@ -91,8 +91,8 @@ def empty_past(config, batch: int, length: int = 0) -> list[torch.Tensor]:
 def export_captioner(model, output_dir, examples: dict[str, dict[str, torch.Tensor]]) -> dict[str, int]:
     """Writes the encoder of each modality in `examples` and the decoder step of `model` to `output_dir` with
     `torch.onnx.export(dynamo=True)`, then decodes `examples` (per modality, the processor's media inputs of at least
-    two items) greedily with both PyTorch and ONNX Runtime. Returns, per modality, how many of the examples' captions differ (0 when they agree token for
-    token); raises if any does."""
+    two items) greedily with both PyTorch and ONNX Runtime. Returns, per modality, how many of the examples' captions
+    differ (0 when they agree token for token); raises if any does."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval()

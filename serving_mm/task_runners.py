@@ -94,7 +94,8 @@ class SpeechRunner:
     def speak(self, texts: list[str]) -> list[bytes]:
         tokens = self.tokenizer(texts, padding=True, return_tensors="pt")
         out = self.model.generate_speech(tokens["input_ids"], tokens["attention_mask"])
-        return [_wav(waveform[:length].numpy(), self.sampling_rate) for waveform, length in zip(out.waveform, out.waveform_lengths)]
+        lengths = out.waveform_lengths.tolist()
+        return [_wav(waveform[:length].numpy(), self.sampling_rate) for waveform, length in zip(out.waveform, lengths)]
 
 
 class TextToImageRunner:

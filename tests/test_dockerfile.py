@@ -1,8 +1,10 @@
 """The Dockerfile: hadolint finds nothing, and its pip steps and command, replayed in a fresh virtual environment
 (no Docker engine runs here), install the package from a copy of the build context and serve /ready.
 
-The venv reuses this machine's packages (`--system-site-packages`), so the steps resolve without downloads; the
-package itself is built and installed into the venv from the copied context, and served from there."""
+The venv reuses this machine's packages (`--system-site-packages`), so the steps resolve without downloads: pip runs
+them with `--no-index --no-build-isolation` (offline, building with this machine's setuptools instead of fetching one
+into an isolated build environment). The package itself is built and installed into the venv from the copied
+context, and served from there."""
 
 import json
 import os
@@ -19,6 +21,7 @@ import pytest
 from testers import REPO_ROOT
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
+OFFLINE = ("--no-index", "--no-build-isolation")  # added to each replayed `pip install`
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -50,7 +53,7 @@ def test_install_steps_and_command_replayed_in_a_venv_serve_ready(trained_clip, 
     for args in pip_steps:
         command = shlex.split(args.split("&&")[0])  # the useradd after `&&` needs root; a venv has no users
         result = subprocess.run(
-            [sys.executable, "-m", "pip", "--python", str(python), *command[1:]],
+            [sys.executable, "-m", "pip", "--python", str(python), command[1], *OFFLINE, *command[2:]],
             cwd=context, env=env, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
