@@ -178,7 +178,7 @@ def table(path):
     for (scenes, model, tag), group in sorted(runs.items()):
         name = {"mm": "mm", "clip": "transformers CLIPModel"}[model] + (f" ({tag})" if tag else "")
         means = [sum(run[metric] for run in group) / len(group) for metric in METRICS]
-        seeds = ",".join(str(run["seed"]) for run in group)
+        seeds = ",".join(str(seed) for seed in sorted(run["seed"] for run in group))
         lines.append(f"| {scenes:,} | {name} | {seeds} | " + " | ".join(f"{mean:.3f}" for mean in means) + " |")
     return "\n".join(lines)
 

@@ -117,6 +117,9 @@ def test_run_clip_augments_the_training_rows_it_reads(builtin_data):
     for row, original in zip(rows, train):
         if "left" in original["caption"] and np.array_equal(np.asarray(row["image"]), np.asarray(original["image"])[:, ::-1]):
             assert "right" in row["caption"]
+    # Streamed training data is augmented as it streams.
+    streamed = list(run_clip.augmented(train.remove_columns("audio").to_iterable_dataset(), ("image",)))
+    assert len(streamed) == len(train) and all(isinstance(row["image"], Image.Image) for row in streamed)
     with pytest.raises(ValueError, match="augments images"):
         run_clip.augmented(train.remove_columns("image"), ("audio",))
 
