@@ -80,6 +80,13 @@ class ModelArguments:
     loss_type: Literal["clip", "siglip"] | None = field(
         default=None, metadata={"help": "Contrastive loss of a new model (default clip); a checkpoint keeps its own."}
     )
+    hard_negative_beta: float | None = field(
+        default=None,
+        metadata={
+            "help": "Hard negatives: weight each in-batch negative by softmax(beta * logit) over its row's negatives "
+            "(hardness-weighted InfoNCE); 0 turns it off. Default: the checkpoint's, or 0 for a new model."
+        },
+    )
     meta_controller: bool = field(
         default=False,
         metadata={
@@ -258,6 +265,8 @@ def parse_args(argv):
             "--model_name_or_path continues an mm checkpoint, which has its own towers; drop --text_encoder/"
             "--vision_encoder/--audio_encoder, or drop --model_name_or_path to compose a new model from them."
         )
+    if model_args.hard_negative_beta is not None and model_args.hard_negative_beta < 0:
+        raise ValueError(f"--hard_negative_beta must be >= 0 (0: off), got {model_args.hard_negative_beta}.")
     return model_args, data_args, training_args
 
 
@@ -305,12 +314,14 @@ def build_model(model_args, tokenizer):
                 f"{model_args.model_name_or_path} was trained with loss_type={model.config.loss_type!r}; continuing it "
                 f"with --loss_type {model_args.loss_type} is not supported. Drop --loss_type or start a new model."
             )
+        if model_args.hard_negative_beta is not None:
+            model.config.hard_negative_beta = model_args.hard_negative_beta
         vocab_size = model.config.text_config.vocab_size
         if len(tokenizer) > vocab_size:
             raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the model's vocabulary only {vocab_size}.")
         return model
 
-    overrides = {"loss_type": model_args.loss_type or "clip"}
+    overrides = {"loss_type": model_args.loss_type or "clip", "hard_negative_beta": model_args.hard_negative_beta or 0.0}
     if not model_args.text_encoder:
         special = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("pad", "bos", "eos")}
         overrides["text_config"] = {"vocab_size": len(tokenizer), **{k: v for k, v in special.items() if v is not None}}
@@ -353,6 +364,7 @@ def hyperparameters(model_args, trainer, modalities):
         or f"{model_args.preset} preset, from scratch",
         "modalities": ", ".join(("text", *modalities)),
         "loss": trainer.model.config.loss_type,
+        "hard-negative beta": trainer.model.config.hard_negative_beta,
         "contrastive batch (global)": args.per_device_train_batch_size * args.world_size,
         **trainer_hyperparameters(trainer),
     }
