@@ -22,6 +22,11 @@ from collections import Counter
 
 import sacrebleu
 
+# The protocol in a line, for the model card's `model-index` (each result's metric_config).
+PROTOCOL = (
+    "one greedy/beam caption per unique image/clip; corpus BLEU-4 (sacrebleu, 13a) and CIDEr-D (10x scale) against "
+    "all of the item's reference captions"
+)
 CIDER_MAX_N = 4  # n-grams of 1..4 words
 CIDER_SIGMA = 6.0  # width of CIDEr-D's Gaussian length penalty, in words
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")

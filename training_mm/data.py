@@ -30,6 +30,8 @@ from PIL import Image as PILImage
 
 from processing_mm.feature_extraction_mm import read_audio
 
+from .dataset_formats import ITEM_COLUMN, detect_format, read_dataset_format
+
 
 logger = logging.getLogger(__name__)
 
@@ -127,11 +129,20 @@ def decode_audio(value, sampling_rate=None):
 
 
 def load_user_dataset(
-    dataset_name, *, image_column=None, caption_column="caption", audio_column=None, streaming=False, keep_columns=()
+    dataset_name,
+    *,
+    image_column=None,
+    caption_column="caption",
+    audio_column=None,
+    streaming=False,
+    keep_columns=(),
+    dataset_format="auto",
 ):
     """Load captioned images and/or audio for training, from a local path or the Hub.
 
     `dataset_name` is, in the order checked:
+    - a benchmark in its published layout (Karpathy JSON, AudioCaps or Clotho CSVs; `dataset_format` names it, `auto`
+      recognises it), read by `training_mm.dataset_formats` with its own splits and a `label` column (the item);
     - a `save_to_disk` folder (it holds `dataset_dict.json` or `state.json`);
     - a folder in imagefolder/audiofolder layout: `metadata.jsonl` or `metadata.csv` at its root (one `train`
       split) or in `train/`, `validation/` (or `valid/`, `dev/`) and `test/` subfolders;
@@ -157,7 +168,10 @@ def load_user_dataset(
     """
     dataset_name = os.fspath(dataset_name)
     path = Path(dataset_name).expanduser()
-    if path.is_dir() and any((path / name).is_file() for name in ("dataset_dict.json", "state.json")):
+    if layout := detect_format(path, dataset_format):
+        splits = read_dataset_format(path, layout)
+        keep_columns = tuple(dict.fromkeys((*keep_columns, ITEM_COLUMN)))
+    elif path.is_dir() and any((path / name).is_file() for name in ("dataset_dict.json", "state.json")):
         splits = datasets.load_from_disk(str(path))
         splits = splits if isinstance(splits, DatasetDict) else DatasetDict(train=splits)
     elif path.is_dir():

@@ -132,6 +132,7 @@ def write_model_card(
     license="apache-2.0",
     dataset_split=None,
     evaluation_note=None,
+    evaluation_protocol=None,
     repo_id=None,
     template_path=None,
     classification_tasks=None,
@@ -156,6 +157,8 @@ def write_model_card(
         dataset_split: the split the metrics were measured on, if any.
         evaluation_note: a sentence on what the evaluation measured on, or why it did not (e.g. the retrieval
             gallery's size, `training_mm.retrieval.RetrievalGallery.note`), shown above the results.
+        evaluation_protocol: how the metrics were measured, in a line (e.g. `training_mm.retrieval.PROTOCOL`); the
+            `metric_config` of each `model-index` result, next to its dataset and split.
         repo_id: the Hub id used in the card's code snippets (defaults to `model_name`).
         template_path: a card template to use instead of the repository's `model_card.md`.
         classification_tasks (`dict`, *optional*): an `MMForClassification`'s `config.task_specs()`; the card then
@@ -190,6 +193,7 @@ def write_model_card(
             metric_type=name,
             metric_name=name,
             metric_value=value,
+            metric_config=evaluation_protocol,
         )
         for name, value in metrics.items()
     ]

@@ -2,6 +2,7 @@
 from, a Hub repo that already has files), and, at the end, the Hub-ready folder (model, processor, card, results
 files) and its upload."""
 
+import json
 import logging
 import shutil
 import tempfile
@@ -136,6 +137,19 @@ def save_run_results(trainer, metrics):
     trainer.save_metrics("train", next((entry for entry in reversed(history) if "train_runtime" in entry), {}))
     eval_losses = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
     trainer.save_metrics("eval", {**metrics, **({"eval_loss": eval_losses[-1]} if eval_losses else {})})
+
+
+def save_evaluation_results(training_args, metrics):
+    """An evaluation without training (`--do_train false`): `eval_results.json` and `all_results.json` in
+    `--output_dir` (checked like any output folder by `prepare_output`; a checkpoint's own folder is only written with
+    --overwrite_output_dir), in the form `Trainer.save_metrics` gives them in transformers' examples."""
+    if not training_args.should_save:
+        return
+    folder = Path(training_args.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("eval_results.json", "all_results.json"):
+        (folder / name).write_text(json.dumps(metrics, indent=4, sort_keys=True) + "\n")
+    logger.info("Wrote eval_results.json and all_results.json to %s", folder)
 
 
 def push_output_folder(output, training_args, what=""):

@@ -24,6 +24,14 @@ class DataArguments:
             "file of paths and captions, or a save_to_disk folder. Default: the built-in data."
         },
     )
+    dataset_format: Literal["auto", "karpathy", "audiocaps", "clotho"] = field(
+        default="auto",
+        metadata={
+            "help": "Layout of a local --dataset_name: karpathy (dataset_coco.json/dataset_flickr30k.json and the "
+            "images), audiocaps (train/val/test.csv and the clips), clotho (clotho_captions_*.csv and the audio "
+            "folders); auto recognises them by their files. Their splits are used as given."
+        },
+    )
     image_column: str | None = field(default=None, metadata={"help": "Image column (default: `image` if present)."})
     caption_column: str = field(default="caption", metadata={"help": "Caption column."})
     audio_column: str | None = field(default=None, metadata={"help": "Audio column (default: `audio` if present)."})
@@ -68,6 +76,8 @@ class CaptioningTrainingArguments(TrainingArguments):
         metadata={"help": "Longest caption written at evaluation. Default: the model's (its text length)."},
     )
     generation_num_beams: int = field(default=1, metadata={"help": "Beams at evaluation (1: greedy)."})
+    # Train, then measure (`--do_train false`: measure the checkpoint only, as transformers' examples' --do_eval).
+    do_train: bool = True
     per_device_train_batch_size: int = 64
     per_device_eval_batch_size: int = 64
     learning_rate: float = 1e-3
