@@ -192,8 +192,8 @@ def main(argv=None):
     model = build_model(model_args, processor.tokenizer)
     logger.info("Model: %s", describe_model(model))
 
-    # 5. Retrieval on the held-out split before training: the baseline the trained numbers are read against; only on
-    # a gallery large enough for recall@k to mean something.
+    # 5. Retrieval on the held-out split before training: the baseline the trained numbers are read against (with
+    # --do_train false, the evaluation itself); only on a gallery large enough for recall@k to mean something.
     retrieval_split = splits[retrieval_split_name]
     gallery = RetrievalGallery.of(retrieval_split, retrieval_split_name, data_args.min_retrieval_gallery)
     (logger.info if gallery.measured else logger.warning)(gallery.note)
