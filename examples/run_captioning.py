@@ -178,7 +178,9 @@ def parse_args(argv):
     parser = HfArgumentParser((ModelArguments, CaptioningDataArguments, CaptioningTrainingArguments))
     model_args, data_args, training_args = parse_script_args(parser, argv, default_output_dir=default_output_dir)
     if not training_args.do_train and not model_args.model_name_or_path:
-        raise ValueError("--do_train false evaluates a trained captioner: pass --model_name_or_path (an mm checkpoint).")
+        raise ValueError(
+            "--do_train false evaluates a trained captioner: pass --model_name_or_path (an mm checkpoint)."
+        )
     return model_args, data_args, training_args
 
 
@@ -235,7 +237,8 @@ def format_report(before, after, split_name, rows, references, captions, baselin
         values = (before[name], after[name]) if before is not None else (after[name],)
         lines.append(f"{label:<8}" + "".join(f"{value:>12.{digits}f}" for value in values))
     for index, (refs, caption) in enumerate(list(zip(references, captions))[:examples]):
-        lines.append(f"  reference: {refs[0]!r}\n{'trained' if baseline_captions is not None else 'caption':>11}: {caption!r}")
+        label = "trained" if baseline_captions is not None else "caption"
+        lines.append(f"  reference: {refs[0]!r}\n{label:>11}: {caption!r}")
         if baseline_captions is not None:
             lines.append(f"  untrained: {baseline_captions[index]!r}")
     return "\n".join(lines)

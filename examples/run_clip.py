@@ -350,7 +350,7 @@ def build_model(model_args, tokenizer):
             raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the model's vocabulary only {vocab_size}.")
         return model
 
-    overrides = {"loss_type": model_args.loss_type or "clip", "hard_negative_beta": model_args.hard_negative_beta or 0.0}
+    overrides = {"loss_type": model_args.loss_type or "clip", "hard_negative_beta": model_args.hard_negative_beta or 0}
     if not model_args.text_encoder:
         special = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("pad", "bos", "eos")}
         overrides["text_config"] = {"vocab_size": len(tokenizer), **{k: v for k, v in special.items() if v is not None}}

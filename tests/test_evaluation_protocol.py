@@ -46,7 +46,9 @@ def karpathy_coco(root, splits=("train", "train", "restval", "val", "test", "tes
         filename = f"COCO_{filepath}_{index:012d}.jpg"
         _image(root / "images" / filepath / filename, index)
         sentences = [{"raw": caption + " ", "tokens": caption.split()} for caption in _captions(index)]
-        entries.append(dict(filepath=filepath, filename=filename, split=split, cocoid=1000 + index, sentences=sentences))
+        entries.append(
+            dict(filepath=filepath, filename=filename, split=split, cocoid=1000 + index, sentences=sentences)
+        )
     (root / "dataset_coco.json").write_text(json.dumps({"dataset": "coco", "images": entries}))
     return root
 

@@ -45,6 +45,7 @@ KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "validation", "t
 AUDIOCAPS_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 CLOTHO_SPLITS = {"development": "train", "validation": "validation", "evaluation": "test"}
 AUDIO_EXTENSIONS = (".wav", ".flac")
+DATASETS_FILES = ("dataset_dict.json", "dataset_info.json")
 
 
 def detect_format(path, dataset_format="auto"):
@@ -55,7 +56,9 @@ def detect_format(path, dataset_format="auto"):
         raise ValueError(f"--dataset_format must be one of {list(DATASET_FORMATS)}, got {dataset_format!r}.")
     found = next((name for name, matches in _SIGNATURES.items() if path.exists() and matches(path)), None)
     if dataset_format != "auto" and found != dataset_format:
-        raise ValueError(f"--dataset_format {dataset_format}: {path} is not in that layout. {_EXPECTED[dataset_format]}")
+        raise ValueError(
+            f"--dataset_format {dataset_format}: {path} is not in that layout. {_EXPECTED[dataset_format]}"
+        )
     return found
 
 
@@ -76,9 +79,12 @@ def format_name(path, dataset_format):
 
 
 def _karpathy_json(path):
+    def is_split_file(file):  # `datasets` writes dataset_dict.json and dataset_info.json: not Karpathy's
+        return file.name.startswith("dataset_") and file.suffix == ".json" and file.name not in DATASETS_FILES
+
     if path.is_file():
-        return path if path.name.startswith("dataset_") and path.suffix == ".json" else None
-    found = sorted(path.glob("dataset_*.json")) if path.is_dir() else []
+        return path if is_split_file(path) else None
+    found = sorted(filter(is_split_file, path.glob("dataset_*.json"))) if path.is_dir() else []
     if len(found) > 1:
         raise ValueError(f"{path} holds several Karpathy split files ({[p.name for p in found]}); pass one of them.")
     return found[0] if found else None
@@ -97,7 +103,10 @@ def read_karpathy(path):
     for entry in entries:
         split = KARPATHY_SPLITS.get(entry["split"])
         if split is None:
-            raise ValueError(f"{table}: image {entry['filename']!r} has split {entry['split']!r}, not one of {list(KARPATHY_SPLITS)}.")
+            raise ValueError(
+                f"{table}: image {entry['filename']!r} has split {entry['split']!r}, not one of "
+                f"{list(KARPATHY_SPLITS)}."
+            )
         image = str(root / entry.get("filepath", "") / entry["filename"])
         item = str(entry.get("cocoid", entry.get("imgid", entry["filename"])))
         for sentence in entry["sentences"]:
