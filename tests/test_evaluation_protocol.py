@@ -210,3 +210,16 @@ def test_run_captioning_evaluates_a_checkpoint_once_per_image(tmp_path, capsys):
     assert json.loads((output_dir / "eval_results.json").read_text()) == pytest.approx(metrics)
     # Two test images with five captions each: two captions generated, scored against ten references.
     assert "Captions of 2 held-out test items, scored against 10 references" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("layout", [audiocaps, clotho])
+def test_run_clip_evaluates_text_audio_retrieval_on_audiocaps_and_clotho(layout, tmp_path):
+    checkpoint = save_tiny_base(tmp_path / "ckpt")
+    output_dir = tmp_path / "scores"
+    metrics = run_clip.main(
+        ["--model_name_or_path", str(checkpoint), "--dataset_name", str(layout(tmp_path / "data")), "--do_train",
+         "false", "--min_retrieval_gallery", "2", "--output_dir", str(output_dir), "--report_to", "none"]  # fmt: skip
+    )
+    assert {name.split()[1] for name in metrics} == {"audio->text", "text->audio"}
+    assert metrics["recall@5 audio->text"] == 1.0  # two test clips, five captions each
+    assert json.loads((output_dir / "eval_results.json").read_text()) == pytest.approx(metrics)
