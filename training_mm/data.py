@@ -24,11 +24,10 @@ import datasets
 from datasets import Audio, DatasetDict, Image, IterableDataset, IterableDatasetDict, Value
 from datasets.packaged_modules.audiofolder.audiofolder import AudioFolder
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
-from datasets.utils import tqdm as hf_tqdm  # datasets' own bar: off after `datasets.disable_progress_bars()`
 
 # Decoding and bad rows live in their own modules; these names are imported from here by the scripts.
 from .audio_decoding import SAMPLING_RATE, decode_audio  # noqa: F401
-from .data_workers import stream_shards
+from .data_workers import map_processes, stream_shards
 from .media_inputs import undecoded
 from .unreadable_rows import filter_unreadable  # noqa: F401
 
@@ -325,16 +324,28 @@ def drop_shared_rows(splits, held_out=("validation", "test")):
 
 
 def _row_fingerprints(dataset, name):
-    """A digest of each row's caption and media contents (a file's bytes, not its path)."""
+    """A digest of each row's caption and media contents (a file's bytes, not its path), computed in parallel
+    processes for a large split (a cached `map`, as the validity check)."""
     columns = [column for column in ("caption", "image", "audio") if column in dataset.column_names]
     rows = undecoded(dataset.select_columns(columns))
-    fingerprints = []
-    for row in hf_tqdm(rows, total=len(dataset), desc=f"Comparing {name} with train", unit=" rows"):
-        digest = hashlib.blake2b(str(row["caption"]).encode(), digest_size=16)
-        for column in columns[1:]:
-            digest.update(b"\0" + _media_bytes(row[column]))
-        fingerprints.append(digest.digest())
-    return fingerprints
+    return rows.map(
+        _fingerprints,
+        batched=True,
+        fn_kwargs={"media": columns[1:]},
+        remove_columns=columns,
+        num_proc=map_processes(len(rows)),
+        desc=f"Comparing {name} with train",
+    )["fingerprint"]
+
+
+def _fingerprints(batch, media):
+    digests = []
+    for index, caption in enumerate(batch["caption"]):
+        digest = hashlib.blake2b(str(caption).encode(), digest_size=16)
+        for column in media:
+            digest.update(b"\0" + _media_bytes(batch[column][index]))
+        digests.append(digest.digest())
+    return {"fingerprint": digests}
 
 
 def _media_bytes(value):

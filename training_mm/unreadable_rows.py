@@ -131,20 +131,15 @@ def _problem(row, *, image_column, audio_column, caption_column):
         return f"empty caption {row[caption_column]!r}"
     # Decoders raise almost anything on garbage input (OSError, ValueError, SyntaxError, struct.error, ...);
     # whatever it is, the row is unreadable and the reason says why.
-    if image_column:
+    for column, check, kind in ((image_column, _image_problem, "image"), (audio_column, _audio_problem, "audio")):
+        if not column:
+            continue
         try:
-            reason = _image_problem(row[image_column])
+            reason = check(row[column])
         except Exception as err:
-            return f"unreadable image {_describe(row[image_column])}: {err}"
+            return f"unreadable {kind} {_describe(row[column])}: {err}"
         if reason:
-            return reason.format(_describe(row[image_column]))
-    if audio_column:
-        try:
-            reason = _audio_problem(row[audio_column])
-        except Exception as err:
-            return f"unreadable audio {_describe(row[audio_column])}: {err}"
-        if reason:
-            return reason.format(_describe(row[audio_column]))
+            return reason.format(_describe(row[column]))
     return None
 
 
