@@ -376,6 +376,19 @@ def test_the_parallel_check_catches_truncated_files_and_keeps_trailing_bytes(tmp
     assert "row 1: unreadable image" in caplog.text and "row 4: unreadable image" in caplog.text
 
 
+def test_a_file_damaged_since_the_last_check_is_checked_again_not_taken_from_the_cache(tmp_path, caplog):
+    _write_files(tmp_path / "train", 3)
+    (tmp_path / "train" / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": f"{i}.png", "caption": f"picture {i}"}) + "\n" for i in range(3))
+    )
+    train = load_user_dataset(str(tmp_path))["train"]
+    assert len(filter_unreadable(train)) == len(train)
+    (tmp_path / "train" / "1.png").write_bytes(b"damaged")
+    with caplog.at_level(logging.WARNING):
+        assert len(filter_unreadable(train)) == len(train) - 1
+    assert "1.png': cannot identify image file" in caplog.text
+
+
 def test_audio_at_another_rate_is_resampled_once_ahead_of_training(tmp_path):
     tone = np.sin(2 * np.pi * 440 * np.arange(22050) / 22050).astype(np.float32)
     sf.write(tmp_path / "slow.wav", tone, 22050)

@@ -15,7 +15,7 @@ from datasets import IterableDataset
 
 from processing_mm.feature_extraction_mm import read_audio
 
-from .data_workers import map_processes
+from .data_workers import files_state, map_processes
 
 
 # The rate MMFeatureExtractor requires; everything that hands audio to the model resamples to it.
@@ -86,14 +86,15 @@ def resample_column(dataset, column="audio", sampling_rate=SAMPLING_RATE, num_pr
         _resample_batch,
         batched=True,
         input_columns=[column],
-        fn_kwargs={"column": column, "sampling_rate": sampling_rate},
+        fn_kwargs={"column": column, "sampling_rate": sampling_rate, "files": files_state(dataset, [column])},
         num_proc=num_proc if num_proc is not None else map_processes(len(dataset)),
         features=dataset.features,
         desc=f"Resampling audio to {sampling_rate} Hz",
     )
 
 
-def _resample_batch(values, column, sampling_rate):
+def _resample_batch(values, column, sampling_rate, files):
+    """`files` (`data_workers.files_state`) is not read: it keys the map's cache on the files' state."""
     return {column: [_at_rate(value, sampling_rate) for value in values]}
 
 

@@ -27,7 +27,7 @@ from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 
 # Decoding and bad rows live in their own modules; these names are imported from here by the scripts.
 from .audio_decoding import SAMPLING_RATE, decode_audio  # noqa: F401
-from .data_workers import map_processes, stream_shards
+from .data_workers import files_state, map_processes, stream_shards
 from .media_inputs import undecoded
 from .unreadable_rows import filter_unreadable  # noqa: F401
 
@@ -331,14 +331,15 @@ def _row_fingerprints(dataset, name):
     return rows.map(
         _fingerprints,
         batched=True,
-        fn_kwargs={"media": columns[1:]},
+        fn_kwargs={"media": columns[1:], "files": files_state(rows, columns[1:])},
         remove_columns=columns,
         num_proc=map_processes(len(rows)),
         desc=f"Comparing {name} with train",
     )["fingerprint"]
 
 
-def _fingerprints(batch, media):
+def _fingerprints(batch, media, files):
+    """`files` (`data_workers.files_state`) is not read: it keys the map's cache on the files' state."""
     digests = []
     for index, caption in enumerate(batch["caption"]):
         digest = hashlib.blake2b(str(caption).encode(), digest_size=16)

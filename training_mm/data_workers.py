@@ -1,10 +1,14 @@
-"""How many processes the data path uses: for the one-off passes over a dataset (`Dataset.map(num_proc=...)`: the
-validity check, resampling), for the DataLoader that decodes and processes batches during training, and how many
-shards a stream is cut into so that those DataLoader workers each read their own."""
+"""How the data path spreads its work: processes for the one-off passes over a dataset (`Dataset.map(num_proc=...)`:
+the validity check, resampling) and the key their cache is kept under, workers for the DataLoader that decodes and
+processes batches during training, and how many shards a stream is cut into so that those workers each read their
+own."""
 
+import hashlib
 import math
 import os
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 
@@ -46,3 +50,23 @@ def dataloader_workers():
 def stream_shards(num_rows):
     """Shards for a local dataset of `num_rows` rows read as a stream (see `ROWS_PER_STREAM_SHARD`)."""
     return max(1, min(MAX_STREAM_SHARDS, math.ceil(num_rows / ROWS_PER_STREAM_SHARD)))
+
+
+def files_state(dataset, columns):
+    """A digest of the size and modification time of every file the `columns` of an undecoded `dataset` name.
+
+    Passed to a `Dataset.map` over those files (among its `fn_kwargs`), it becomes part of the map's cache key, so a
+    file replaced or damaged since the last run is read again instead of being taken from the cache; `datasets`
+    itself keys the cache on the table, which holds the files' paths, not their contents."""
+    digest = hashlib.blake2b(digest_size=16)
+    for column in columns:
+        values = dataset.data.column(column)
+        if not pa.types.is_struct(values.type):  # not an undecoded Image/Audio column: nothing to key on
+            continue
+        for path in pc.struct_field(values, "path").to_pylist():
+            try:
+                stat = os.stat(path)
+                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            except (OSError, TypeError):  # bytes in the table (part of its own key), or a file that is not there
+                digest.update(f"{path}\0-\n".encode())
+    return digest.hexdigest()

@@ -18,7 +18,7 @@ from datasets import IterableDataset
 from PIL import Image as PILImage
 
 from .audio_decoding import audio_source, decode_audio
-from .data_workers import map_processes
+from .data_workers import files_state, map_processes
 from .media_inputs import undecoded
 
 
@@ -60,10 +60,11 @@ def filter_unreadable(dataset, image_column="image", audio_column="audio", capti
         )
     checked = [name for name in (image_column, audio_column, caption_column) if name in present]
     rows = undecoded(dataset.select_columns(checked), image_column, audio_column)
+    media = [name for name in (image_column, audio_column) if name in present]
     problems = rows.map(
         _problems,
         batched=True,
-        fn_kwargs={"problem": problem},
+        fn_kwargs={"problem": problem, "files": files_state(rows, media)},
         remove_columns=checked,
         num_proc=num_proc if num_proc is not None else map_processes(len(rows)),
         desc="Checking for unreadable rows",
@@ -78,7 +79,8 @@ def filter_unreadable(dataset, image_column="image", audio_column="audio", capti
     return dataset
 
 
-def _problems(batch, problem):
+def _problems(batch, problem, files):
+    """`files` (`data_workers.files_state`) is not read: it keys the map's cache on the files' state."""
     return {"problem": [problem(row) or "" for row in _rows_of(batch)]}
 
 
