@@ -53,7 +53,7 @@ def build_parser():
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers of 'after' (default: the cores).")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--batches", type=int, default=None, help="batches timed per loader (default: one epoch).")
-    parser.add_argument("--steps", type=int, default=None, help="timed training steps (default: 10 on CPU, 50 on CUDA).")
+    parser.add_argument("--steps", type=int, default=None, help="timed training steps (default: 10 on CPU, 50 on GPU).")
     parser.add_argument(
         "--preset", default=None, help="the model whose step rate the loader is read against (default: small on CPU, "
         "base on CUDA)."
@@ -158,12 +158,14 @@ def main(argv=None):
     if args.quick:
         args.num_images = 300 if args.num_images == 3000 else args.num_images
         args.batches, args.steps = args.batches or 10, args.steps or 5
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
     args.preset = args.preset or ("base" if device.type == "cuda" else "small")
     workers = args.workers if args.workers is not None else available_cpus()
     datasets.disable_progress_bars()
     datasets.disable_caching()  # every preparation is measured from scratch, as on a first run
-    folder = args.folder or os.path.join(tempfile.gettempdir(), f"mm-bench-photos-{args.num_images}-{args.width}x{args.height}")
+    name = f"mm-bench-photos-{args.num_images}-{args.width}x{args.height}"
+    folder = args.folder or os.path.join(tempfile.gettempdir(), name)
     (_, generated) = timed(lambda: write_photo_folder(folder, args.num_images, args.width, args.height))
     sizes = [path.stat().st_size for path in Path(folder).glob("*.jpg")]
     print(f"{len(sizes)} JPEGs {args.width}x{args.height}, median {np.median(sizes) / 1024:.0f} KB, in {folder} "
@@ -185,7 +187,9 @@ def main(argv=None):
         "after: decoded by the collator, 0 workers": (undecoded(train), 0),
         f"after: decoded by the collator, {workers} workers": (undecoded(train), workers),
     }
-    rates = {name: loader_rate(split, collator, args.batch_size, count, batches) for name, (split, count) in loaders.items()}
+    rates = {
+        name: loader_rate(split, collator, args.batch_size, count, batches) for name, (split, count) in loaders.items()
+    }
     batch = collator([undecoded(train)[index] for index in range(args.batch_size)])
     model_rate = step_rate(config, batch, device, args.steps or (50 if device.type == "cuda" else 10))
 
@@ -199,9 +203,13 @@ def main(argv=None):
     for name, rate in rates.items():
         print(f"{name:<52}{rate:>10.0f}{rate / model_rate:>10.2f}")
     print(f"{'model: training step of the ' + args.preset + ' preset':<52}{model_rate:>10.0f}")
-    for name, value in {**{f"prepare before (s)": loaded + before_check, "prepare after (s)": loaded + after_check},
-                        **{f"loader {name} (items/s)": rate for name, rate in rates.items()},
-                        "model step (items/s)": model_rate}.items():  # fmt: skip
+    figures = {
+        "prepare before (s)": loaded + before_check,
+        "prepare after (s)": loaded + after_check,
+        **{f"loader {name} (items/s)": rate for name, rate in rates.items()},
+        "model step (items/s)": model_rate,
+    }
+    for name, value in figures.items():
         print(json.dumps({"name": name, "value": round(value, 2), "device": device.type}))
     return rates, model_rate
 

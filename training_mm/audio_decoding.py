@@ -77,8 +77,9 @@ def resample_column(dataset, column="audio", sampling_rate=SAMPLING_RATE, num_pr
     Clips at another rate are decoded, resampled and stored back as WAV bytes (32-bit float samples, so nothing is
     rounded or clipped) under their old path; clips already at the rate are only looked at (their header). This is
     a `Dataset.map`, so `datasets` caches it: a second run, or a second process of a distributed run, reads the
-    result instead of resampling again. It runs in `num_proc` processes (default: `data_workers.map_processes`). A stream (or a dataset without the column) is returned as it is; its clips
-    are resampled as they are read (`decode_audio`).
+    result instead of resampling again. It runs in `num_proc` processes (default: `data_workers.map_processes`).
+    A stream (or a dataset without the column) is returned as it is; its clips are resampled as they are read
+    (`decode_audio`).
     """
     if isinstance(dataset, IterableDataset) or column not in dataset.column_names:
         return dataset

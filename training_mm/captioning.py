@@ -31,10 +31,8 @@ class CaptioningCollator:
         self.modality = modality
 
     def __call__(self, rows):
-        batch = self.processor(
-            text=[row["caption"] for row in rows], return_tensors="pt", **media_inputs(rows, self.modality, self.processor)
-        )
-        batch = dict(batch)
+        media = media_inputs(rows, self.modality, self.processor)
+        batch = dict(self.processor(text=[row["caption"] for row in rows], return_tensors="pt", **media))
         batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         return batch
 
@@ -60,7 +58,8 @@ def generate_captions(model, processor, rows, modality, batch_size, generate_kwa
     captions = []
     try:
         for start in tqdm(range(0, len(rows), batch_size), desc="Captioning", unit="batch"):
-            inputs = processor(return_tensors="pt", **media_inputs(rows[start : start + batch_size], modality, processor))
+            media = media_inputs(rows[start : start + batch_size], modality, processor)
+            inputs = processor(return_tensors="pt", **media)
             inputs = {
                 key: value.to(parameter.device, parameter.dtype if value.is_floating_point() else value.dtype)
                 for key, value in inputs.items()
