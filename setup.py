@@ -16,6 +16,7 @@ install_requires = [
     "tokenizers>=0.21",
     "pillow>=10",
     "soundfile>=0.12",
+    "soxr>=0.3",  # the resampler of training audio (training_mm.audio_decoding)
     "sacrebleu>=2.4",
     "jiwer>=3.0",
     "tensorboard>=2.15",

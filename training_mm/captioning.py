@@ -16,7 +16,7 @@ import torch
 from datasets import IterableDataset
 from tqdm.auto import tqdm
 
-from .data import SAMPLING_RATE, decode_audio
+from .media_inputs import media_inputs
 
 # The pipeline task (and the model card's task) of a captioner, by the modality it captions from.
 PIPELINE_TASKS = {"image": "image-to-text", "audio": "automatic-speech-recognition"}
@@ -31,20 +31,10 @@ class CaptioningCollator:
         self.modality = modality
 
     def __call__(self, rows):
-        batch = self.processor(
-            text=[row["caption"] for row in rows], return_tensors="pt", **media_inputs(rows, self.modality)
-        )
-        batch = dict(batch)
+        media = media_inputs(rows, self.modality, self.processor)
+        batch = dict(self.processor(text=[row["caption"] for row in rows], return_tensors="pt", **media))
         batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         return batch
-
-
-def media_inputs(rows, modality):
-    """The processor arguments for the image or audio of `rows`."""
-    if modality == "image":
-        return {"images": [row["image"] for row in rows]}
-    audio = [decode_audio(row["audio"], sampling_rate=SAMPLING_RATE)[0] for row in rows]
-    return {"audio": audio, "sampling_rate": SAMPLING_RATE}
 
 
 def reference_captions(rows, split):
@@ -68,7 +58,8 @@ def generate_captions(model, processor, rows, modality, batch_size, generate_kwa
     captions = []
     try:
         for start in tqdm(range(0, len(rows), batch_size), desc="Captioning", unit="batch"):
-            inputs = processor(return_tensors="pt", **media_inputs(rows[start : start + batch_size], modality))
+            media = media_inputs(rows[start : start + batch_size], modality, processor)
+            inputs = processor(return_tensors="pt", **media)
             inputs = {
                 key: value.to(parameter.device, parameter.dtype if value.is_floating_point() else value.dtype)
                 for key, value in inputs.items()
