@@ -51,7 +51,7 @@ from training_mm.script_arguments import (
 from training_mm.splits import check_splits, load_splits
 from training_mm.trainer_steps import train_and_collect_losses, trainer_hyperparameters
 from training_mm.collators import ContrastiveCollator
-from training_mm.hub import describe_model, write_model_card
+from training_mm.hub import CardFacts, describe_model, write_model_card
 from training_mm.lora import MODALITY_TOWERS, build_lora_config
 from training_mm.nonfinite_guard import NonFiniteGuardCallback, check_finite_weights
 from training_mm.retrieval import MIN_GALLERY, RetrievalGallery, retrieval_metrics
@@ -209,13 +209,8 @@ def main(argv=None):
             check_finite_weights(merged, merge_dir, synchronize=False)  # this process alone writes it
             merged.save_pretrained(merge_dir)
             processor.save_pretrained(merge_dir)
-            write_model_card(
-                merge_dir,
-                model_name=merge_dir.name,
-                repo_id=merge_dir.name,
-                model_description=describe_model(merged),
-                **card,
-            )
+            facts = CardFacts(merge_dir.name, repo_id=merge_dir.name, model_description=describe_model(merged), **card)
+            write_model_card(merge_dir, facts)
             logger.info("Wrote the merged model, processor and model card to %s", merge_dir)
     push_output_folder(output, training_args, what="the adapter in ")
     return metrics
