@@ -38,7 +38,9 @@ from training_mm.script_arguments import DataArguments, parse_script_args, setup
 from training_mm.splits import check_splits, load_splits
 from training_mm.trainer_steps import run_before_reporting, train_and_collect_losses, trainer_hyperparameters
 from training_mm.collators import ContrastiveCollator
+from training_mm.data_workers import dataloader_workers
 from training_mm.hub import describe_model
+from training_mm.media_inputs import undecoded
 from training_mm.nonfinite_guard import NonFiniteGuardCallback
 from training_mm.retrieval import (
     DIRECTIONS,
@@ -149,7 +151,10 @@ TRAINING_DEFAULTS = dict(
     # Evaluation reports the contrastive loss only; retrieval is measured separately over the whole split.
     prediction_loss_only=True,
     report_to="none",
-    dataloader_num_workers=0,
+    # Images and audio are decoded and processed by the collator, in these worker processes: on a GPU machine the
+    # cores left over (so the data keeps up with the GPU), on a CPU-only one none (training already uses every core).
+    dataloader_num_workers=dataloader_workers(),
+    dataloader_persistent_workers=dataloader_workers() > 0,
     # Pinned memory only speeds up copies to a GPU; without one, torch warns about it at every epoch.
     dataloader_pin_memory=torch.cuda.is_available(),
 )
@@ -176,6 +181,8 @@ def main(argv=None):
     # 2. Data: splits with `caption` and `image` and/or `audio` (and `label` for the built-in data).
     towers = tower_configs(model_args)
     splits, dataset_name, dataset_type = load_splits(data_args, training_args, image_size_of(towers["vision"]))
+    # Files stay undecoded until the collator reads them (in the DataLoader's workers), at the size the model needs.
+    splits = {split_name: undecoded(split) for split_name, split in splits.items()}
     train_split, eval_split = splits["train"], splits.get("validation")
     retrieval_split_name = check_splits(splits, dataset_name, training_args, measured="retrieval")
     modalities = tuple(name for name in ("image", "audio") if name in train_split.column_names)

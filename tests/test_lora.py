@@ -22,7 +22,7 @@ from modeling_mm import MMForConditionalGeneration, MMModel
 from testers import TINY_RUN, run_clean, save_tiny_base
 from training_mm.collators import ContrastiveCollator
 from training_mm.hub import push_folder_to_hub
-from training_mm.lora import DEFAULT_MODULES, build_lora_config, count_parameters, default_target_modules
+from training_mm.lora import DEFAULT_MODULES, build_lora_config, default_target_modules
 
 import run_lora
 
@@ -98,7 +98,7 @@ def test_default_targets_are_attention_and_mlp_of_the_chosen_towers_only():
     trainable = {name for name, p in peft_model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_A." in name or ".lora_B." in name for name in trainable)
     assert not any("audio_model" in name for name in trainable)
-    trainable_count, total = count_parameters(peft_model)
+    trainable_count, total = peft_model.get_nb_trainable_parameters()
     r = 2
     assert trainable_count == sum(r * (m.in_features + m.out_features) for n, m in model.named_modules() if n in targets)
     assert trainable_count < total

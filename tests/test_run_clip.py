@@ -217,7 +217,8 @@ print(json.dumps(classify({str(tmp_path / "query.png")!r}, candidate_labels=labe
 
 def test_csv_of_paths_and_captions_with_missing_column_error_and_streaming(builtin_data, tmp_path):
     """A CSV of image paths (relative to it) and captions, under other column names; a wrong name is an error that
-    lists the columns there are; streamed, the run needs --max_steps (and here trains with the SigLIP loss)."""
+    lists the columns there are; streamed, the run needs --max_steps (and here trains with the SigLIP loss, its
+    images decoded in a DataLoader worker)."""
     rows = ["path,text"]
     for index, row in enumerate(builtin_data["train"]):
         row["image"].save(tmp_path / f"{index}.png")
@@ -236,7 +237,7 @@ def test_csv_of_paths_and_captions_with_missing_column_error_and_streaming(built
 
     streamed = run_clip.main(
         [*TINY, "--dataset_name", csv, "--image_column", "path", "--caption_column", "text", "--streaming",
-         "--loss_type", "siglip", "--output_dir", str(tmp_path / "c")]  # fmt: skip
+         "--loss_type", "siglip", "--dataloader_num_workers", "1", "--output_dir", str(tmp_path / "c")]  # fmt: skip
     )
     assert "recall@1 text->image" in streamed
     assert json.loads((tmp_path / "c" / "config.json").read_text())["loss_type"] == "siglip"

@@ -14,8 +14,8 @@ from collections import defaultdict
 
 from datasets import IterableDataset
 
-from .data import SAMPLING_RATE, decode_audio
 from .evaluation import run_in_batches
+from .media_inputs import media_inputs
 
 # The pipeline task (and the model card's task) of a captioner, by the modality it captions from.
 PIPELINE_TASKS = {"image": "image-to-text", "audio": "automatic-speech-recognition"}
@@ -30,20 +30,10 @@ class CaptioningCollator:
         self.modality = modality
 
     def __call__(self, rows):
-        batch = self.processor(
-            text=[row["caption"] for row in rows], return_tensors="pt", **media_inputs(rows, self.modality)
-        )
-        batch = dict(batch)
+        media = media_inputs(rows, self.modality, self.processor)
+        batch = dict(self.processor(text=[row["caption"] for row in rows], return_tensors="pt", **media))
         batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         return batch
-
-
-def media_inputs(rows, modality):
-    """The processor arguments for the image or audio of `rows`."""
-    if modality == "image":
-        return {"images": [row["image"] for row in rows]}
-    audio = [decode_audio(row["audio"], sampling_rate=SAMPLING_RATE)[0] for row in rows]
-    return {"audio": audio, "sampling_rate": SAMPLING_RATE}
 
 
 def reference_captions(rows, split):
@@ -62,7 +52,7 @@ def generate_captions(model, processor, rows, modality, batch_size, generate_kwa
     """Greedy (or beam) captions of `rows`' images or audio, as strings."""
 
     def collate(chunk):
-        return processor(return_tensors="pt", **media_inputs(chunk, modality))
+        return processor(return_tensors="pt", **media_inputs(chunk, modality, processor))
 
     def step(model, batch):
         sequences = model.generate(**batch, **generate_kwargs)

@@ -12,7 +12,7 @@ from pathlib import Path
 from transformers.trainer_utils import get_last_checkpoint
 
 from .checkpoints import checkpoint_problems, last_complete_checkpoint
-from .hub import check_hub_repo_is_empty, describe_model, push_folder_to_hub, write_model_card
+from .hub import CardFacts, check_hub_repo_is_empty, describe_model, push_folder_to_hub, write_model_card
 from .nonfinite_guard import advice_for, check_finite_files, check_finite_weights
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,8 @@ def resumes_inside(resume, output_dir):
 
 def save_output_folder(trainer, output, overwrite, what="model", **card):
     """Writes the Hub-ready folder: the trained model (or adapter) with its remote code and processor, and a README.md
-    model card (`training_mm.hub.write_model_card` with `card`, titled after the repo, summarising `trainer.model`).
+    model card (`training_mm.hub.write_model_card`; `card` holds the `CardFacts` fields other than the title, repo and
+    summary, which come from the repo and `trainer.model`).
 
     Checks the folder again first (another process may have written there during training); Trainer's pickled
     arguments are removed, as a Hub folder holds no pickles. Returns whether this process wrote the folder's files.
@@ -117,14 +118,14 @@ def save_output_folder(trainer, output, overwrite, what="model", **card):
     if not trainer.args.should_save:
         return False
     (output.folder / "training_args.bin").unlink(missing_ok=True)
-    write_model_card(
-        output.folder,
+    facts = CardFacts(
         model_name=output.repo_id.split("/")[-1],
         repo_id=output.repo_id,
         model_description=describe_model(trainer.model),
         **card,
     )
-    save_run_results(trainer, card.get("metrics") or {})
+    write_model_card(output.folder, facts)
+    save_run_results(trainer, facts.metrics)
     logger.info("Wrote the %s, processor and model card to %s", what, output.folder)
     return True
 

@@ -26,8 +26,8 @@ import datasets
 import torch
 from sklearn.metrics import average_precision_score, ndcg_score
 
-from .captioning import media_inputs
 from .evaluation import first_rows, media_fingerprints, run_in_batches, select_rows
+from .media_inputs import media_inputs
 
 RECALL_AT = (1, 5, 10)
 # (query, gallery) pairs, in the order they are reported.
@@ -100,7 +100,7 @@ def embed(model, processor, rows, modality, batch_size=64, desc="Embedding"):
             return processor(text=[row["caption"] for row in chunk], return_tensors="pt")
     else:
         def collate(chunk):
-            return processor(return_tensors="pt", **media_inputs(chunk, modality))
+            return processor(return_tensors="pt", **media_inputs(chunk, modality, processor))
 
     def step(model, batch):
         return model(**batch)[f"{modality}_embeds"].float().cpu()

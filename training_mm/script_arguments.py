@@ -11,6 +11,7 @@ import transformers
 from transformers import TrainingArguments
 
 from .argument_files import expand_argument_file
+from .data_workers import dataloader_workers
 
 
 @dataclass
@@ -93,7 +94,9 @@ class CaptioningTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = False
     # Evaluation during training reports the captioning loss; BLEU/CIDEr come from generation, before and after.
     prediction_loss_only: bool = True
-    dataloader_num_workers: int = 0
+    # The collator decodes images and audio in these workers (see data_workers.dataloader_workers).
+    dataloader_num_workers: int = dataloader_workers()
+    dataloader_persistent_workers: bool = dataloader_workers() > 0
 
     def generate_kwargs(self):
         """The `model.generate` arguments of the evaluation: greedy or beam search, at most
