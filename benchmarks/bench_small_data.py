@@ -98,6 +98,30 @@ class EosLastProcessor:
         return outputs
 
 
+class ClipEmbeddings(torch.nn.Module):
+    """CLIPModel as the retrieval code calls a model: `model(**batch)` with text or images alone (CLIPModel's `forward`
+    needs both), returning the L2-normalised `text_embeds` / `image_embeds` its `forward` would."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids=None, attention_mask=None, pixel_values=None, **unused):
+        outputs = {}
+        if input_ids is not None:
+            text = self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+            outputs["text_embeds"] = torch.nn.functional.normalize(_pooled(text), dim=-1)
+        if pixel_values is not None:
+            image = self.model.get_image_features(pixel_values=pixel_values)
+            outputs["image_embeds"] = torch.nn.functional.normalize(_pooled(image), dim=-1)
+        return outputs
+
+
+def _pooled(features):
+    """get_*_features' embeddings: a tensor on older transformers, `pooler_output` of an output on newer ones."""
+    return getattr(features, "pooler_output", features)
+
+
 def zero_shot_rows(test):
     """The test rows showing one (colour, shape), with them: single and count scenes (their label names one colour)."""
     images, colours, shapes = [], [], []
@@ -144,7 +168,8 @@ def train_and_score(kind, train, test, towers_config, epochs, seed, args):
         train_loss = trainer.train().training_loss
         seconds = time.perf_counter() - start
     model.eval()
-    recalls = retrieval_metrics(model, processor, test, modalities=("image",), desc=f"{kind} retrieval")
+    scored = model if kind == "mm" else ClipEmbeddings(model)
+    recalls = retrieval_metrics(scored, processor, test, modalities=("image",), desc=f"{kind} retrieval")
     zero_shot = zero_shot_colour_shape(model, processor, *zero_shot_rows(test))
     hyper = {key: recipe[key] for key in ("learning_rate", "weight_decay", "warmup_steps", "lr_scheduler_type")}
     return {

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from training_mm.media_inputs import undecoded
 from training_mm.augmentation import CaptionAwareAugmentation, content_box, mirror_label
 from training_mm.synthetic_data import COLOURS, Scene, caption_for, draw_scene
 
@@ -117,6 +118,9 @@ def test_run_clip_augments_the_training_rows_it_reads(builtin_data):
     for row, original in zip(rows, train):
         if "left" in original["caption"] and np.array_equal(np.asarray(row["image"]), np.asarray(original["image"])[:, ::-1]):
             assert "right" in row["caption"]
+    # run_clip keeps files undecoded until the loader reads them; the augmentation decodes them itself.
+    lazy = run_clip.augmented(undecoded(train.remove_columns("audio")), ("image",))
+    assert isinstance(lazy[0]["image"], Image.Image) and lazy[0]["image"].size == train[0]["image"].size
     # Streamed training data is augmented as it streams.
     streamed = list(run_clip.augmented(train.remove_columns("audio").to_iterable_dataset(), ("image",)))
     assert len(streamed) == len(train) and all(isinstance(row["image"], Image.Image) for row in streamed)

@@ -31,6 +31,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from .media_inputs import open_image
+
 # A pixel belongs to the content when one of its channels differs from the background colour by more than this.
 BACKGROUND_TOLERANCE = 24
 # Pixels kept around the content box, for antialiased edges fainter than the tolerance.
@@ -140,11 +142,7 @@ class CaptionAwareAugmentation:
         image = batch[self.image_column][index]
         if image is None:
             return
-        if not isinstance(image, PIL.Image.Image):
-            raise TypeError(
-                f"CaptionAwareAugmentation needs decoded PIL images in column {self.image_column!r}, got "
-                f"{type(image).__name__}; apply it to a dataset whose image column is a `datasets.Image` feature."
-            )
+        image = open_image(image)  # an undecoded `{"bytes", "path"}` value is decoded here, in the worker
         if torch.rand(()).item() < self.crop_probability:
             box = random_crop_box(image.size, content_box(image), self.crop_scale)
             if box is not None:
