@@ -277,8 +277,8 @@ class MetaControllerCallback(TrainerCallback):
             if factor == CUT_FACTOR:
                 self._cut()
             elif factor > 1:
-                # Each growth is a probe: the windows after it tell whether it overshot.
-                self.probe = {"from": self.multiplier, "reference": list(w["log_loss"]), "windows": 0, "log_loss": []}
+                if factor >= RAMP_FACTOR:  # a full ramp step is a probe: the windows after it tell whether it overshot
+                    self.probe = {"from": self.multiplier, "reference": list(w["log_loss"]), "windows": 0, "log_loss": []}
                 self._shift(factor)
         if self.policy is not None:
             self.policy.record(math.log(self.multiplier / before))
