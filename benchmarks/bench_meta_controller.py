@@ -329,17 +329,18 @@ def report(args, tuned, results, device):
 
 
 def report_pair_weights(args, tuned, pairs, device):
-    """The pair-weight adaptation on the weak (noised) audio: recall of each modality, equal against adapted weights."""
+    """The pair-weight adaptation on the weak (noised) audio: each modality's recall, equal against adapted weights."""
     print(
-        f"== Per-pair loss weights on a weak modality: audio noised at {args.weak_audio_snr:g} dB SNR; full controller, "
+        f"== Per-pair loss weights on a weak modality: audio noised at {args.weak_audio_snr:g} dB SNR; full "
+        "controller, "
         f"tuned LR {tuned:.0e}, {args.steps} steps, seeds {list(args.seeds)} =="
     )
     print("R@1: test split; audio = mean of audio->text, text->audio; image = mean of image->text, text->image")
     for label, key in (("fixed equal weights", "equal"), ("pair_weights=True", "adaptive")):
         runs = pairs[key]
         print(
-            f"  {label:20s} audio R@1 {formatted(runs, 'audio recall@1')}  image R@1 {formatted(runs, 'image recall@1')}  "
-            f"eval loss {formatted(runs, 'eval_loss')}"
+            f"  {label:20s} audio R@1 {formatted(runs, 'audio recall@1')}  "
+            f"image R@1 {formatted(runs, 'image recall@1')}  eval loss {formatted(runs, 'eval_loss')}"
         )
     for seed, run in zip(args.seeds, pairs["adaptive"]):
         weights = ", ".join(f"{pair} {weight:.2f}" for pair, weight in (run.get("pair_weights") or {}).items())
@@ -406,9 +407,11 @@ def build_parser():
         "threads per run were several times slower than one.",
     )
     parser.add_argument("--output-dir", default=None, help="keep the runs' folders and logs here (default: temp dir).")
-    parser.add_argument("--results", default=None, help="JSONL file: each finished run is appended; runs in it are reused.")
     parser.add_argument(
-        "--weak-audio-snr", type=float, default=0.0, help="SNR (dB) of the noise on every clip in the pair-weight runs."
+        "--results", default=None, help="JSONL file: each finished run is appended; runs already in it are reused."
+    )
+    parser.add_argument(
+        "--weak-audio-snr", type=float, default=0.0, help="SNR (dB) of the noise on each clip in the pair-weight runs."
     )
     parser.add_argument("--pair-weights-only", action="store_true", help="run only the pair-weight measurement.")
     return parser

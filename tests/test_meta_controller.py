@@ -475,6 +475,16 @@ def test_modality_dropout_rises_when_the_eval_metric_worsens_while_the_loss_fall
     with pytest.raises(ValueError, match="no attribute 'fusion_dropout'"):
         Adaptations(dropout_attribute="fusion_dropout").begin(model, fresh=True)
 
+    # MMForClassification keeps its rate in a sub-config: a dotted path reaches it.
+    from configuration_mm import MMConfig
+
+    config = MMConfig.from_preset("tiny", fusion_encoder_config={"modality_dropout": 0.2})
+    classifier = SimpleNamespace(config=config, named_parameters=lambda: iter(()))
+    adaptations = Adaptations(dropout_attribute="fusion_encoder_config.modality_dropout")
+    adaptations.begin(classifier, fresh=True)
+    adaptations.decide(classifier, 10, loss_plateaued=False, loss_fell=True, eval_trend=0.05)
+    assert classifier.config.fusion_encoder_config.modality_dropout == pytest.approx(0.2 + DROPOUT_STEP)
+
 
 def test_anchor_optimizers_of_the_benchmark_build_and_step(tmp_path):
     """The ablation's anchors: Prodigy through Trainer's `optimizers=`, Schedule-Free AdamW through `optim=`."""

@@ -110,8 +110,8 @@ class MetaControllerCallback(TrainerCallback):
         pair_weights (`bool`, defaults to False): adapt MMModel's per-modality-pair contrastive loss weights
             (`config.contrastive_pair_weights`): a pair whose loss falls slower gets more weight.
         dropout_attribute (`str`, optional): name of the model-config attribute holding a modality-dropout rate the
-            model reads at each forward (e.g. `"modality_dropout"`); raised when the eval metric worsens while the
-            training loss falls.
+            model reads at each forward (e.g. `"modality_dropout"`, or MMForClassification's dotted
+            `"fusion_encoder_config.modality_dropout"`); raised when the eval metric worsens while the training loss falls.
         staged_modules (`tuple[str]`, defaults to ()): parameter-name prefixes (e.g. `("vision_model",)`) held
             frozen until the training loss stops falling significantly; leave them trainable in the model.
 
@@ -278,7 +278,8 @@ class MetaControllerCallback(TrainerCallback):
                 self._cut()
             elif factor > 1:
                 if factor >= RAMP_FACTOR:  # a full ramp step is a probe: the windows after it tell whether it overshot
-                    self.probe = {"from": self.multiplier, "reference": list(w["log_loss"]), "windows": 0, "log_loss": []}
+                    reference = list(w["log_loss"])
+                    self.probe = {"from": self.multiplier, "reference": reference, "windows": 0, "log_loss": []}
                 self._shift(factor)
         if self.policy is not None:
             self.policy.record(math.log(self.multiplier / before))

@@ -34,8 +34,8 @@ SPIKE_FACTOR = 2.0
 SPIKE_DEVIATIONS = 3.0
 LOSS_EMA_DECAY = 0.9
 CUT_FACTOR = 0.5
-# Overshoot probe: each full bold-driver ramp step is judged by the PROBE_WINDOWS windows that follow it. If their log loss
-# sits above the window before the growth (one-sided Welch t >= OVERSHOOT_SIGNIFICANCE: the loss was falling
+# Overshoot probe: each full bold-driver ramp step is judged by the PROBE_WINDOWS windows that follow it. If their
+# log loss sits above the window before the growth (one-sided Welch t >= OVERSHOOT_SIGNIFICANCE: the loss was falling
 # significantly when the driver grew it), or any cut happens meanwhile, the growth overshot: the multiplier is
 # halved and the one before the growth becomes a ceiling that no later growth passes.
 PROBE_WINDOWS = 2
