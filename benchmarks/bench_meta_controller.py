@@ -18,8 +18,9 @@ held-out evaluation (loss on the validation split, recall@1 on the test split), 
 It prints final eval loss and recall@1 (mean of image->text, text->image, audio->text, text->audio) as mean ± std
 over seeds, each arm's eval loss as a ratio to the tuned `cosine` run, the tuning cost of each arm (runs needed
 before it is within 10% of the tuned baseline: 1 when it is from all three rates, otherwise a sweep over `SWEEP`),
-the verdicts (within 10% of the tuned run, ahead of the anchors, the learned part against rules only), and one
-JSON line per run.
+whether each controller arm ends within 10% of the tuned baseline and ahead of Prodigy and Schedule-Free from the same
+mis-set rate, whether each learned policy differs from rules only by more than a standard deviation, and one JSON
+line per run.
 
 It also measures the per-pair loss-weight adaptation on a weak modality: every audio clip (training, validation
 and test alike) gets its own fixed white noise at `--weak-audio-snr` dB (default 0: noise as loud as the speech),

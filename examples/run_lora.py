@@ -51,8 +51,8 @@ from training_mm.script_arguments import (
 from training_mm.splits import check_splits, load_splits
 from training_mm.trainer_steps import train_and_collect_losses, trainer_hyperparameters
 from training_mm.collators import ContrastiveCollator
-from training_mm.hub import describe_model, write_model_card
-from training_mm.lora import MODALITY_TOWERS, build_lora_config, count_parameters, format_parameter_counts
+from training_mm.hub import CardFacts, describe_model, write_model_card
+from training_mm.lora import MODALITY_TOWERS, build_lora_config
 from training_mm.nonfinite_guard import NonFiniteGuardCallback, check_finite_weights
 from training_mm.retrieval import MIN_GALLERY, RetrievalGallery, retrieval_metrics
 from training_mm.safe_loading import from_pretrained_safetensors
@@ -163,9 +163,10 @@ def main(argv=None):
         model, towers, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.target_modules
     )
     model = get_peft_model(model, lora_config)
-    trainable, total = count_parameters(model)
+    trainable, total = model.get_nb_trainable_parameters()
     targets = f"the {', '.join(towers)} tower(s)" if towers else f"the modules matching {model_args.target_modules!r}"
-    print(f"LoRA on {len(model.targeted_module_names)} layers of {targets}: {format_parameter_counts(model)}")
+    print(f"LoRA on {len(model.targeted_module_names)} layers of {targets}:")
+    model.print_trainable_parameters()
 
     # 6. Training, stopped at the first non-finite loss or gradient (and before saving non-finite weights).
     trainer = Trainer(
@@ -208,13 +209,8 @@ def main(argv=None):
             check_finite_weights(merged, merge_dir, synchronize=False)  # this process alone writes it
             merged.save_pretrained(merge_dir)
             processor.save_pretrained(merge_dir)
-            write_model_card(
-                merge_dir,
-                model_name=merge_dir.name,
-                repo_id=merge_dir.name,
-                model_description=describe_model(merged),
-                **card,
-            )
+            facts = CardFacts(merge_dir.name, repo_id=merge_dir.name, model_description=describe_model(merged), **card)
+            write_model_card(merge_dir, facts)
             logger.info("Wrote the merged model, processor and model card to %s", merge_dir)
     push_output_folder(output, training_args, what="the adapter in ")
     return metrics
