@@ -63,7 +63,7 @@ import transformers
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Measure the code beside this file, also where another checkout of mm is installed (run_clip imports it too).
 sys.path.insert(0, str(REPO_ROOT))
-import training_mm.collators as collators  # noqa: E402
+import training_mm.media_inputs as media_inputs  # noqa: E402
 import training_mm.meta_controller as meta_controller  # noqa: E402
 MODES = {
     # steps, seeds, built-in training scenes; 256 scenes in each of validation and test.
@@ -191,7 +191,7 @@ def train(run_clip, args, workdir, arm, learning_rate, seed, snr_db=None, **cont
             stack.enter_context(patched(meta_controller, "MetaControllerCallback", callback))
             stack.enter_context(patched(run_clip, "Trainer", trainer_cls))
             if snr_db is not None:
-                stack.enter_context(patched(collators, "decode_audio", noisy(collators.decode_audio, snr_db)))
+                stack.enter_context(patched(media_inputs, "decode_audio", noisy(media_inputs.decode_audio, snr_db)))
             metrics = run_clip.main(argv)
     seconds = time.perf_counter() - start
     recalls = [value for key, value in metrics.items() if key.startswith("recall@1 ")]
