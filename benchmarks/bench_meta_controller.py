@@ -20,14 +20,18 @@ over seeds, each arm's eval loss as a ratio to the tuned `cosine` run, the tunin
 before it is within 10% of the tuned baseline: 1 when it is from all three rates, otherwise a sweep over `SWEEP`),
 whether each controller arm ends within 10% of the tuned baseline and ahead of Prodigy and Schedule-Free from the same
 mis-set rate, whether each learned policy differs from rules only by more than a standard deviation, and one JSON
-line per run. It also measures the per-pair loss-weight adaptation:
-the full controller with `pair_weights=True` at the tuned rate, audio recall@1 against the same run with fixed
-equal weights.
+line per run.
 
-    python benchmarks/bench_meta_controller.py --quick   # seed 0, 120 steps: 19 runs
-    python benchmarks/bench_meta_controller.py           # seeds 0-2, 300 steps: 57 runs (~2 h on 2 CPU cores)
+It also measures the per-pair loss-weight adaptation on a weak modality: every audio clip (training, validation
+and test alike) gets its own fixed white noise at `--weak-audio-snr` dB (default 0: noise as loud as the speech),
+so that audio learns slower than images; at the tuned rate, the full controller with `pair_weights=True` against the
+same runs with fixed equal weights, at equal steps: recall@1 of the weak (audio) and the strong (image) modality.
+
+    python benchmarks/bench_meta_controller.py --quick   # seed 0, 120 steps: 20 runs
+    python benchmarks/bench_meta_controller.py           # seeds 0-2, 300 steps: 60 runs (~2 h on 2 CPU cores)
     python benchmarks/bench_meta_controller.py --sweep   # re-measures the tuned AdamW LR first (no controller)
     ... --jobs N                                         # N runs at a time, one thread each (results unchanged)
+    ... --results runs.jsonl                             # stream each finished run there; runs already in it are kept
 
 `TUNED_LEARNING_RATE` is the best mean eval loss of `--sweep` over `SWEEP` (AdamW, 64 pairs per batch, 5% warmup,
 cosine decay, one thread): 300 steps, seeds 0-2: 2.97, 2.68, 2.71, 2.64, 3.06 for 5e-4 ... 5e-3; 120 steps
@@ -47,9 +51,11 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 
+import numpy as np
 import torch
 import transformers
 
@@ -57,6 +63,7 @@ import transformers
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Measure the code beside this file, also where another checkout of mm is installed (run_clip imports it too).
 sys.path.insert(0, str(REPO_ROOT))
+import training_mm.media_inputs as media_inputs  # noqa: E402
 import training_mm.meta_controller as meta_controller  # noqa: E402
 MODES = {
     # steps, seeds, built-in training scenes; 256 scenes in each of validation and test.
@@ -77,6 +84,21 @@ ARMS = {
 }
 TARGET_RATIO = 1.10  # "within 10% of the tuned run's eval loss"
 AUDIO_DIRECTIONS = ("recall@1 audio->text", "recall@1 text->audio")
+IMAGE_DIRECTIONS = ("recall@1 image->text", "recall@1 text->image")
+
+
+def noisy(decode_audio, snr_db):
+    """`decode_audio` that adds white noise at `snr_db` to each clip; the noise is fixed per clip (seeded by its
+    samples), so a clip sounds the same in training, evaluation and retrieval: a weak, noisy modality."""
+
+    def decode_with_noise(value, sampling_rate=None):
+        waveform, rate = decode_audio(value, sampling_rate=sampling_rate)
+        rng = np.random.default_rng(zlib.crc32(waveform.tobytes()))
+        power = float(np.mean(waveform**2)) or 1e-12
+        noise = rng.standard_normal(waveform.shape).astype(np.float32) * np.sqrt(power / 10 ** (snr_db / 10))
+        return waveform + noise, rate
+
+    return decode_with_noise
 
 
 def load_run_clip():
@@ -127,11 +149,16 @@ def patched(module, name, value):
         setattr(module, name, old)
 
 
-def train(run_clip, args, workdir, arm, learning_rate, seed, **controller_kwargs):
-    """One run_clip training; returns its measurements. Its console output goes to `workdir/<name>.log`."""
+def run_name(arm, learning_rate, seed, snr_db=None, **controller_kwargs):
+    tag = "-".join(f"{k}" for k in controller_kwargs) + ("" if snr_db is None else f"-audio{snr_db:g}dB")
+    return f"{arm}{'-' + tag.strip('-') if tag else ''}-lr{learning_rate:.0e}-seed{seed}"
+
+
+def train(run_clip, args, workdir, arm, learning_rate, seed, snr_db=None, **controller_kwargs):
+    """One run_clip training; returns its measurements. Its console output goes to `workdir/<name>.log`. With
+    `snr_db`, every audio clip is noised (see `noisy`)."""
     _, policy, optimizer = ARMS[arm]
-    tag = "-".join(f"{k}" for k in controller_kwargs)
-    name = f"{arm}{'-' + tag if tag else ''}-lr{learning_rate:.0e}-seed{seed}"
+    name = run_name(arm, learning_rate, seed, snr_db, **controller_kwargs)
     output_dir = Path(workdir) / name
     steps = args.steps
     argv = [
@@ -163,6 +190,8 @@ def train(run_clip, args, workdir, arm, learning_rate, seed, **controller_kwargs
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), contextlib.ExitStack() as stack:
             stack.enter_context(patched(meta_controller, "MetaControllerCallback", callback))
             stack.enter_context(patched(run_clip, "Trainer", trainer_cls))
+            if snr_db is not None:
+                stack.enter_context(patched(media_inputs, "decode_audio", noisy(media_inputs.decode_audio, snr_db)))
             metrics = run_clip.main(argv)
     seconds = time.perf_counter() - start
     recalls = [value for key, value in metrics.items() if key.startswith("recall@1 ")]
@@ -170,6 +199,7 @@ def train(run_clip, args, workdir, arm, learning_rate, seed, **controller_kwargs
         "eval_loss": metrics["eval_loss"],
         "recall@1": sum(recalls) / len(recalls),
         "audio recall@1": statistics.fmean(metrics[key] for key in AUDIO_DIRECTIONS),
+        "image recall@1": statistics.fmean(metrics[key] for key in IMAGE_DIRECTIONS),
         "seconds": seconds,
     }
     if policy:
@@ -184,14 +214,14 @@ def train(run_clip, args, workdir, arm, learning_rate, seed, **controller_kwargs
 _RUN_CLIP = None
 
 
-def _train_in_worker(args, workdir, arm, learning_rate, seed, controller_kwargs):
+def _train_in_worker(args, workdir, arm, learning_rate, seed, snr_db, controller_kwargs):
     """`train` in a worker process of `--jobs`: each process loads run_clip once and trains on one thread."""
     global _RUN_CLIP
     if _RUN_CLIP is None:
         torch.set_num_threads(args.threads)
         logging.basicConfig(handlers=[logging.StreamHandler(_CurrentStdout())])
         _RUN_CLIP = load_run_clip()
-    return train(_RUN_CLIP, args, workdir, arm, learning_rate, seed, **controller_kwargs)
+    return train(_RUN_CLIP, args, workdir, arm, learning_rate, seed, snr_db, **controller_kwargs)
 
 
 def mean_std(runs, key):
@@ -221,8 +251,8 @@ def rate_of(arm, tuned, factor):
     return factor if ARMS[arm][2] == "prodigy" else tuned * factor
 
 
-def report(args, tuned, results, weighted, device):
-    """The ablation table, tuning costs, verdicts, the pair-weight measurement, one JSON line per run."""
+def report(args, tuned, results, device):
+    """The ablation table, tuning costs, verdicts, one JSON line per run."""
     reference = mean_std(results[("cosine", "tuned")], "eval_loss")[0]
     print(
         f"== MetaControllerCallback ablation on run_clip ({args.preset} preset, built-in data, {args.steps} steps, "
@@ -279,14 +309,6 @@ def report(args, tuned, results, weighted, device):
             )
             print(f"LSTM check, {arm} vs rules only, {setting}: {learned[0]:.3f} vs {rules[0]:.3f}: {verdict} rules only")
     print()
-    equal = results[("full", "tuned")]
-    print(
-        "pair-weight adaptation (full controller, tuned rate): audio recall@1 (mean of audio->text, text->audio) "
-        f"{formatted(weighted, 'audio recall@1')} with pair_weights=True vs {formatted(equal, 'audio recall@1')} with "
-        f"fixed equal weights; eval loss {formatted(weighted, 'eval_loss')} vs {formatted(equal, 'eval_loss')}; final "
-        f"weights {[run.get('pair_weights') for run in weighted]}"
-    )
-    print()
     for (arm, setting), runs in results.items():
         factor = dict(SETTINGS)[setting]
         for seed, run in zip(args.seeds, runs):
@@ -307,6 +329,67 @@ def report(args, tuned, results, weighted, device):
     print(flush=True)
 
 
+def report_pair_weights(args, tuned, pairs, device):
+    """The pair-weight adaptation on the weak (noised) audio: each modality's recall, equal against adapted weights."""
+    print(
+        f"== Per-pair loss weights on a weak modality: audio noised at {args.weak_audio_snr:g} dB SNR; full "
+        "controller, "
+        f"tuned LR {tuned:.0e}, {args.steps} steps, seeds {list(args.seeds)} =="
+    )
+    print("R@1: test split; audio = mean of audio->text, text->audio; image = mean of image->text, text->image")
+    for label, key in (("fixed equal weights", "equal"), ("pair_weights=True", "adaptive")):
+        runs = pairs[key]
+        print(
+            f"  {label:20s} audio R@1 {formatted(runs, 'audio recall@1')}  "
+            f"image R@1 {formatted(runs, 'image recall@1')}  eval loss {formatted(runs, 'eval_loss')}"
+        )
+    for seed, run in zip(args.seeds, pairs["adaptive"]):
+        weights = ", ".join(f"{pair} {weight:.2f}" for pair, weight in (run.get("pair_weights") or {}).items())
+        print(f"  final weights, seed {seed}: {weights}")
+    for key, runs in pairs.items():
+        for seed, run in zip(args.seeds, runs):
+            record = {
+                "name": f"meta_controller pair weights {key} audio {args.weak_audio_snr:g} dB seed {seed}",
+                "value": round(run["audio recall@1"], 4),
+                "unit": "audio recall@1",
+                "image_recall@1": round(run["image recall@1"], 4),
+                "eval_loss": round(run["eval_loss"], 4),
+                "steps": args.steps,
+                "seconds": round(run["seconds"], 1),
+                "device": device,
+            }
+            print(json.dumps(record))
+    print(flush=True)
+
+
+class ResultsFile:
+    """One JSON line per finished run, written as it finishes; runs already in the file are not run again."""
+
+    def __init__(self, path, args):
+        self.path, self.args, self.done = path, args, {}
+        if path and os.path.isfile(path):
+            with open(path) as f:
+                for line in f:
+                    record = json.loads(line)
+                    self.done[self._key(record["run"])] = record
+            print(f"{len(self.done)} finished run(s) read from {path}", flush=True)
+
+    def _key(self, name):
+        return name, self.args.steps, self.args.num_train_samples, self.args.preset
+
+    def get(self, name):
+        return self.done.get(self._key(name))
+
+    def add(self, name, result):
+        record = {"run": name, "steps": self.args.steps, "num_train_samples": self.args.num_train_samples,
+                  "preset": self.args.preset, **result}  # fmt: skip
+        self.done[self._key(name)] = record
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        print(f"  finished {name}: eval loss {result['eval_loss']:.3f} ({result['seconds']:.0f} s)", flush=True)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 120 steps, 1024 training scenes.")
@@ -325,6 +408,13 @@ def build_parser():
         "threads per run were several times slower than one.",
     )
     parser.add_argument("--output-dir", default=None, help="keep the runs' folders and logs here (default: temp dir).")
+    parser.add_argument(
+        "--results", default=None, help="JSONL file: each finished run is appended; runs already in it are reused."
+    )
+    parser.add_argument(
+        "--weak-audio-snr", type=float, default=0.0, help="SNR (dB) of the noise on each clip in the pair-weight runs."
+    )
+    parser.add_argument("--pair-weights-only", action="store_true", help="run only the pair-weight measurement.")
     return parser
 
 
@@ -345,35 +435,44 @@ def main(argv=None):
         workdir = args.output_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_meta_controller-"))
         Path(workdir).mkdir(parents=True, exist_ok=True)
         tuned = sweep(run_clip, args, workdir) if args.sweep else (args.learning_rate or TUNED_LEARNING_RATE[mode])
-        # Every run is independent: with --jobs N they run in N processes (one thread each).
-        jobs = [
-            ((arm, setting), (arm, rate_of(arm, tuned, factor), seed, {}))
+        snr = args.weak_audio_snr
+        pair_jobs = [
+            (("pairs", key), ("full", tuned, seed, snr, kwargs))
+            for key, kwargs in (("equal", {}), ("adaptive", {"pair_weights": True}))
+            for seed in args.seeds
+        ]
+        ablation_jobs = [
+            ((arm, setting), (arm, rate_of(arm, tuned, factor), seed, None, {}))
             for arm in ARMS
             if arm in args.arms or arm == "cosine"
             for setting, factor in SETTINGS
             for seed in args.seeds
-        ] + [(("pair_weights", "tuned"), ("full", tuned, seed, {"pair_weights": True})) for seed in args.seeds]
+        ]
+        jobs = pair_jobs + ([] if args.pair_weights_only else ablation_jobs)
+        store = ResultsFile(args.results, args)
+        names = [run_name(arm, lr, seed, snr_db, **kw) for _, (arm, lr, seed, snr_db, kw) in jobs]
+        todo = [(name, job) for name, (_, job) in zip(names, jobs) if store.get(name) is None]
+        print(f"{len(jobs)} runs, {len(jobs) - len(todo)} already in {args.results}", flush=True)
+        # Every run is independent: with --jobs N they run in N processes (one thread each).
         if args.jobs > 1:
             context = multiprocessing.get_context("spawn")
             with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-                futures = [pool.submit(_train_in_worker, args, workdir, *job) for _, job in jobs]
-                outcomes = [future.result() for future in futures]
+                futures = {pool.submit(_train_in_worker, args, workdir, *job): name for name, job in todo}
+                for future in concurrent.futures.as_completed(futures):
+                    store.add(futures[future], future.result())
         else:
-            outcomes = [train(run_clip, args, workdir, arm, lr, seed, **kw) for _, (arm, lr, seed, kw) in jobs]
+            for name, (arm, lr, seed, snr_db, kw) in todo:
+                store.add(name, train(run_clip, args, workdir, arm, lr, seed, snr_db, **kw))
         results = {}
-        for (key, (arm, lr, seed, _)), run in zip(jobs, outcomes):
-            results.setdefault(key, []).append(run)
-        weighted = results.pop(("pair_weights", "tuned"))
-        for (arm, setting), runs in results.items():
-            losses = ", ".join(f"{run['eval_loss']:.3f}" for run in runs)
-            seconds = sum(run["seconds"] for run in runs)
-            print(f"  {arm} {setting}: eval loss {losses} ({seconds:.0f} s)", flush=True)
-        losses = ", ".join(f"{run['eval_loss']:.3f}" for run in weighted)
-        print(f"  full + pair weights, tuned: eval loss {losses}\n", flush=True)
+        for name, (key, _) in zip(names, jobs):
+            results.setdefault(key, []).append(store.get(name))
+        pairs = {key: results.pop(("pairs", key)) for key in ("equal", "adaptive")}
+        print()
+        report_pair_weights(args, tuned, pairs, device)
         if set(ARMS) <= {arm for arm, _ in results}:
-            report(args, tuned, results, weighted, device)
-        else:
-            print("(the full report needs every arm)")
+            report(args, tuned, results, device)
+        elif not args.pair_weights_only:
+            print("(the ablation report needs every arm)")
     print(f"total time: {(time.perf_counter() - start) / 60:.1f} min")
     return results
 

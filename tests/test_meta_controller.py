@@ -107,12 +107,50 @@ def test_too_low_learning_rate_is_raised(tmp_path, baselines):
     assert fifth[column["step"]] == 50 and math.exp(fifth[column["decided_log_multiplier"]]) > 3
 
 
-def test_too_high_learning_rate_is_cut(tmp_path, baselines):
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_too_high_learning_rate_is_cut(tmp_path, baselines, seed):
+    """From ten times the tuned rate the cautious start and the bold driver approach the rate from below; the
+    overshoot probe cuts the first growth the loss punishes and keeps the multiplier under it, on every seed."""
+    baseline = baselines[TUNED_LR * 10] if seed == 0 else train_toy(tmp_path / "baseline", TUNED_LR * 10, seed=seed)[0]
     controller = MetaControllerCallback()
-    loss, _ = train_toy(tmp_path, TUNED_LR * 10, controller)
+    loss, _ = train_toy(tmp_path, TUNED_LR * 10, controller, seed=seed)
     assert controller.multiplier < 0.5
     assert controller.cuts > 0
-    assert loss < 0.5 * baselines[TUNED_LR * 10]
+    assert controller.ceiling < 0.5  # it learned where the rate overshoots
+    assert loss < 0.5 * baseline
+
+
+def test_bold_driver_growth_is_probed_and_capped():
+    from training_mm.meta_rules import CUT_FACTOR, RAMP_FACTOR, bold_driver, overshot
+
+    falling = [-0.01 * i for i in range(30)]  # three windows of a steadily falling log loss
+    window, previous = falling[20:], falling[10:20]
+    assert bold_driver(window, previous, falling, 10, [], 5e-3, 0.1) == RAMP_FACTOR
+    assert bold_driver(window, previous, falling, 10, [], 5e-3, 0.1, probing=True) == 1.0
+    assert bold_driver(window, previous, falling, 10, [], 5e-3, 0.1, ceiling=0.12) == pytest.approx(1.2)
+    # A full ramp step needs only a probable fall (it is probed); a top-up to the ceiling needs a significant one.
+    noisy = [v + 0.2 * (-1) ** i for i, v in enumerate(falling)]  # slope t about -2.4
+    assert bold_driver(noisy[20:], noisy[10:20], noisy, 10, [], 5e-3, 0.1) == RAMP_FACTOR
+    assert bold_driver(noisy[20:], noisy[10:20], noisy, 10, [], 5e-3, 0.1, ceiling=0.12) == 1.0
+    rising = [v + 0.5 for v in previous]
+    assert bold_driver(rising, previous, falling, 10, [], 5e-3, 0.1, probing=True) == CUT_FACTOR
+    noise = [0.1 * (-1) ** i for i in range(10)]
+    assert overshot([v + 0.2 for v in noise * 2], noise) and not overshot([v - 0.2 for v in noise * 2], noise)
+
+
+def test_overshoot_probe_and_ceiling_are_resumed(tmp_path):
+    lr, common = TUNED_LR * 10, {"steps": 60, "save_strategy": "steps", "save_steps": 30}
+    controller = MetaControllerCallback()
+    _, uninterrupted = train_toy(tmp_path, lr, controller, **common)
+    resumed_controller = MetaControllerCallback()
+    checkpoint = tmp_path / "checkpoint-30"
+    restored = MetaControllerCallback()
+    restored.load(checkpoint)
+    assert restored.probe is not None  # the bold driver grew at step 30: the checkpoint holds an open probe
+    _, resumed = train_toy(tmp_path, lr, resumed_controller, resume_from_checkpoint=str(checkpoint), **common)
+    assert (resumed_controller.probe, resumed_controller.ceiling) == (controller.probe, controller.ceiling)
+    assert_same_state(SnapshotAtStep(resumed_controller, 60).take(), SnapshotAtStep(controller, 60).take())
+    assert all(torch.equal(uninterrupted.model.state_dict()[k], v) for k, v in resumed.model.state_dict().items())
 
 
 def test_tuned_learning_rate_is_not_hurt(tmp_path, baselines):
@@ -140,7 +178,10 @@ def test_growth_beyond_x1_needs_small_updates(tmp_path):
     ratios = [entry["meta_update_ratio"] for entry in trainer.state.log_history if "meta_update_ratio" in entry]
     assert len(ratios) >= 7 and min(ratios) > default.config["min_update_ratio"]
     assert default.multiplier < 1.5
-    assert greedy.multiplier > 3
+    column = HISTORY_COLUMNS.index("decided_log_multiplier")
+    assert max(math.exp(row[column]) for row in greedy.history) > 3
+    # Beyond x2.5 the toy's loss rose after a ramp step: the overshoot probe cut it and keeps it below.
+    assert greedy.cuts > 0 and greedy.multiplier <= greedy.ceiling < 3
 
 
 class LearningRateSpy(TrainerCallback):
@@ -433,6 +474,16 @@ def test_modality_dropout_rises_when_the_eval_metric_worsens_while_the_loss_fall
     assert model.config.meta_controller_adaptations == {"modality_dropout": model.config.modality_dropout}
     with pytest.raises(ValueError, match="no attribute 'fusion_dropout'"):
         Adaptations(dropout_attribute="fusion_dropout").begin(model, fresh=True)
+
+    # MMForClassification keeps its rate in a sub-config: a dotted path reaches it.
+    from configuration_mm import MMConfig
+
+    config = MMConfig.from_preset("tiny", fusion_encoder_config={"modality_dropout": 0.2})
+    classifier = SimpleNamespace(config=config, named_parameters=lambda: iter(()))
+    adaptations = Adaptations(dropout_attribute="fusion_encoder_config.modality_dropout")
+    adaptations.begin(classifier, fresh=True)
+    adaptations.decide(classifier, 10, loss_plateaued=False, loss_fell=True, eval_trend=0.05)
+    assert classifier.config.fusion_encoder_config.modality_dropout == pytest.approx(0.2 + DROPOUT_STEP)
 
 
 def test_anchor_optimizers_of_the_benchmark_build_and_step(tmp_path):

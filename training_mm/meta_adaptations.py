@@ -4,7 +4,8 @@
   A pair whose loss has fallen less, relative to its first window, gets more weight (a weak modality that learns
   slower is pushed harder); the weights average 1, so the loss keeps its scale.
 - `dropout_attribute`: the name of a config attribute holding a modality-dropout rate that the model reads at
-  each forward (e.g. `"modality_dropout"`). After an evaluation whose metric got worse while the training loss
+  each forward (e.g. `"modality_dropout"`; a dotted path reaches a sub-config, as in MMForClassification's
+  `"fusion_encoder_config.modality_dropout"`). After an evaluation whose metric got worse while the training loss
   fell, the rate rises by `DROPOUT_STEP`, up to `DROPOUT_MAX`.
 - `staged_modules`: parameter-name prefixes (e.g. `("vision_model",)`) held frozen, i.e. their gradients are
   dropped before each optimizer step so the optimizer skips them, until the training loss of the rest stops
@@ -56,14 +57,15 @@ class Adaptations:
             return
         config = model.config
         if self.dropout_attribute is not None:
-            if not hasattr(config, self.dropout_attribute):
+            owner, name = _owner(config, self.dropout_attribute)
+            if owner is None or not hasattr(owner, name):
                 raise ValueError(
                     f"MetaControllerCallback(dropout_attribute={self.dropout_attribute!r}): the model's config has no "
                     f"attribute {self.dropout_attribute!r}. Pass the name of the config field holding the modality-"
                     f"dropout rate the model reads at each forward, or None."
                 )
             if fresh or self.dropout_rate is None:
-                self.dropout_rate = float(getattr(config, self.dropout_attribute) or 0.0)
+                self.dropout_rate = float(getattr(owner, name) or 0.0)
         names = [name for name, p in model.named_parameters()]
         for prefix in self.staged_modules:
             held = [p for name, p in model.named_parameters() if name.startswith(prefix)]
@@ -145,7 +147,8 @@ class Adaptations:
             config.contrastive_pair_weights = self.pair_weights
             record["contrastive_pair_weights"] = self.pair_weights
         if self.dropout_attribute is not None:
-            setattr(config, self.dropout_attribute, self.dropout_rate)
+            owner, name = _owner(config, self.dropout_attribute)
+            setattr(owner, name, self.dropout_rate)
             record[self.dropout_attribute] = self.dropout_rate
         if self.staged_modules:
             record["staged_modules_released_at_step"] = dict(self.released_at)
@@ -159,3 +162,11 @@ class Adaptations:
     def load_state(self, state):
         for name in self._STATE:
             setattr(self, name, state[name])
+
+
+def _owner(config, path):
+    """(object holding the last attribute of the dotted `path`, that attribute's name); (None, name) if absent."""
+    *parents, name = path.split(".")
+    for parent in parents:
+        config = getattr(config, parent, None)
+    return config, name

@@ -3,7 +3,8 @@
 
 Every `interval` optimizer steps it reads the window's signals (`meta_signals`), lets its learned policy
 (`meta_policy`: the hypergradient LSTM, the trend-predicting LSTM, or none) propose the multiplier, then applies
-its rules (`meta_rules`: cautious start, bold driver, divergence reflex) and the architectural adaptations
+its rules (`meta_rules`: cautious start, bold driver and its overshoot probe, divergence reflex) and the
+architectural adaptations
 (`meta_adaptations`). Its whole state is saved in each checkpoint (`meta_state`) and restored on resume, so a
 resumed run continues bit-identically. The rationale, the measurements behind every threshold and an example
 are in docs/meta_controller.md.
@@ -27,6 +28,8 @@ from .meta_rules import (
     LOSS_EMA_DECAY,
     MIN_SCHEDULE_FACTOR,
     MIN_UPDATE_RATIO,
+    OVERSHOOT_SIGNIFICANCE,
+    PROBE_WINDOWS,
     RAMP_FACTOR,
     SIGNIFICANCE,
     SPIKE_DEVIATIONS,
@@ -36,6 +39,7 @@ from .meta_rules import (
     bold_driver,
     is_spike,
     loss_plateaued,
+    overshot,
 )
 from .meta_signals import (
     MAX_SAMPLED_COORDINATES,
@@ -62,7 +66,9 @@ __all__ = [
     "MAX_SAMPLED_COORDINATES",
     "MIN_SCHEDULE_FACTOR",
     "MIN_UPDATE_RATIO",
+    "OVERSHOOT_SIGNIFICANCE",
     "POLICIES",
+    "PROBE_WINDOWS",
     "RAMP_FACTOR",
     "SIGNIFICANCE",
     "SPIKE_DEVIATIONS",
@@ -104,8 +110,8 @@ class MetaControllerCallback(TrainerCallback):
         pair_weights (`bool`, defaults to False): adapt MMModel's per-modality-pair contrastive loss weights
             (`config.contrastive_pair_weights`): a pair whose loss falls slower gets more weight.
         dropout_attribute (`str`, optional): name of the model-config attribute holding a modality-dropout rate the
-            model reads at each forward (e.g. `"modality_dropout"`); raised when the eval metric worsens while the
-            training loss falls.
+            model reads at each forward (e.g. `"modality_dropout"`, or MMForClassification's dotted
+            `"fusion_encoder_config.modality_dropout"`); raised when the eval metric worsens while the training loss falls.
         staged_modules (`tuple[str]`, defaults to ()): parameter-name prefixes (e.g. `("vision_model",)`) held
             frozen until the training loss stops falling significantly; leave them trainable in the model.
 
@@ -115,7 +121,9 @@ class MetaControllerCallback(TrainerCallback):
     Attributes:
         multiplier (`float`): the multiplier in force (`START_MULTIPLIER` at the start of a run).
         history (`list[list[float]]`): one row per decision, columns `HISTORY_COLUMNS`.
-        cuts (`int`): how many times a divergence guard halved the multiplier.
+        cuts (`int`): how many times a divergence guard or the overshoot probe halved the multiplier.
+        ceiling (`float`): the highest multiplier the controller may set: `max_multiplier` until a growth of the
+            multiplier overshoots, then the multiplier before that growth.
     """
 
     def __init__(
@@ -208,6 +216,8 @@ class MetaControllerCallback(TrainerCallback):
         self.last_eval = None
         self.eval_trend = 0.0
         self.cuts = 0
+        self.ceiling = config["max_multiplier"]  # lowered to the multiplier before a growth that overshot
+        self.probe = None  # the last bold-driver growth while its outcome is judged (see _probe)
         self.last_logs = {"meta_lr_multiplier": start}
         self._loss_sum, self._loss_count = 0.0, 0
         self._stride = None
@@ -250,27 +260,35 @@ class MetaControllerCallback(TrainerCallback):
         if self.policy is not None:
             decided = self.policy.decide(features, math.log(self.multiplier))
             if math.isfinite(decided):  # keeps a NaN out; clamping again here undoes float32 rounding
-                low, high = self.config["min_multiplier"], self.config["max_multiplier"]
+                low, high = self.config["min_multiplier"], min(self.config["max_multiplier"], self.ceiling)
                 self.multiplier = min(max(math.exp(decided), low), high)
-        factor = bold_driver(
-            w["log_loss"],
-            self.prev_window["log_loss"],
-            self.recent_log_loss,
-            self.config["interval"],
-            w["update_ratio"],
-            self.config["min_update_ratio"],
-            self.multiplier,
-        )
-        if factor == CUT_FACTOR:
-            self._cut()
-        elif factor > 1:
-            self._shift(factor)
+        if not self._probe(w["log_loss"]):
+            factor = bold_driver(
+                w["log_loss"],
+                self.prev_window["log_loss"],
+                self.recent_log_loss,
+                self.config["interval"],
+                w["update_ratio"],
+                self.config["min_update_ratio"],
+                self.multiplier,
+                ceiling=self.ceiling,
+                probing=self.probe is not None,
+            )
+            if factor == CUT_FACTOR:
+                self._cut()
+            elif factor > 1:
+                if factor >= RAMP_FACTOR:  # a full ramp step is a probe: the windows after it tell whether it overshot
+                    reference = list(w["log_loss"])
+                    self.probe = {"from": self.multiplier, "reference": reference, "windows": 0, "log_loss": []}
+                self._shift(factor)
         if self.policy is not None:
             self.policy.record(math.log(self.multiplier / before))
 
         meta_loss = math.exp(mean(w["log_loss"])) if w["log_loss"] else None
         self.history.append([step, *features[0].tolist(), math.log(self.multiplier), meta_loss or math.nan])
         self.last_logs = {"meta_lr_multiplier": self.multiplier, "meta_hypergradient": hypergradient}
+        if self.ceiling < self.config["max_multiplier"]:
+            self.last_logs["meta_lr_ceiling"] = self.ceiling
         if w["update_ratio"]:
             self.last_logs["meta_update_ratio"] = mean(w["update_ratio"])
         if meta_loss is not None:
@@ -296,9 +314,27 @@ class MetaControllerCallback(TrainerCallback):
         self.last_logs["meta_lr_multiplier"] = new
 
     def _cut(self):
-        """Halve the multiplier (the policy and the bold driver can take it back)."""
+        """Halve the multiplier (the policy and the bold driver can take it back, up to the ceiling). A cut while a
+        growth is probed means that growth overshot: the multiplier before it becomes the ceiling."""
         self._shift(CUT_FACTOR)
         self.cuts += 1
+        if self.probe is not None:
+            self.ceiling = min(self.ceiling, self.probe["from"])
+            self.probe = None
+
+    def _probe(self, window_log_loss):
+        """Judge the last growth by this window: cut and set the ceiling if its loss rose above the window before
+        the growth; stop probing after PROBE_WINDOWS windows. Returns whether it cut."""
+        if self.probe is None:
+            return False
+        self.probe["log_loss"] += window_log_loss
+        self.probe["windows"] += 1
+        if overshot(self.probe["log_loss"], self.probe["reference"]):
+            self._cut()
+            return True
+        if self.probe["windows"] >= PROBE_WINDOWS:
+            self.probe = None
+        return False
 
     # ---- signals -------------------------------------------------------------------------------
 
@@ -451,6 +487,8 @@ class MetaControllerCallback(TrainerCallback):
         "last_eval",
         "eval_trend",
         "cuts",
+        "ceiling",
+        "probe",
         "last_logs",
     )
 
@@ -484,7 +522,8 @@ class MetaControllerCallback(TrainerCallback):
         self.prev_params = tensors.get("prev_params")
         self.history = tensors["history"].tolist() if "history" in tensors else []
         for name in self._SCALARS:
-            setattr(self, name, metadata[name])
+            if name in metadata:  # a checkpoint from before the overshoot probe keeps its fresh ceiling and probe
+                setattr(self, name, metadata[name])
         if "adaptations" in metadata:
             self.adaptations.load_state(metadata["adaptations"])
 
