@@ -44,6 +44,7 @@ from training_mm.classification import (
     ablation,
     format_ablation_table,
     infer_tasks,
+    pipeline_task,
 )
 from training_mm.cli import (
     DataArguments,
@@ -338,13 +339,6 @@ def build_model(model_args, data_args, base_config, tasks, tokenizer):
 
 
 # ------------------------------------------------------------------------------------------------ reporting
-
-
-def pipeline_task(modalities):
-    """The Hub pipeline tag: the stock pipeline of the checkpoint's richest single modality."""
-    if "image" in modalities:
-        return "image-classification"
-    return "audio-classification" if "audio" in modalities else "text-classification"
 
 
 def hyperparameters(model_args, trainer, tasks, modalities):

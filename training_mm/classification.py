@@ -115,6 +115,13 @@ def encode_labels(rows, column, spec):
     return multi_hot
 
 
+def pipeline_task(modalities):
+    """The Hub pipeline tag of a classifier: the stock pipeline of its richest single modality."""
+    if "image" in modalities:
+        return "image-classification"
+    return "audio-classification" if "audio" in modalities else "text-classification"
+
+
 # ------------------------------------------------------------------------------------------------ batching
 
 
