@@ -41,6 +41,7 @@ from training_mm.classification import (
     MODALITY_COLUMNS,
     ClassificationCollator,
     FreezeTowersCallback,
+    check_held_out_labels,
     ablation,
     format_ablation_table,
     infer_tasks,
@@ -170,6 +171,7 @@ def main(argv=None):
     held_out_name = check_splits(splits, dataset_name, training_args, measured="the metrics")
     modalities = tuple(name for name, column in MODALITY_COLUMNS.items() if column in train_split.column_names)
     tasks = infer_tasks(train_split, label_columns, data_args.problem_type)
+    check_held_out_labels(splits, tasks)
     logger.info("Tasks: %s; modalities: %s", {name: spec["problem_type"] for name, spec in tasks.items()}, modalities)
 
     # 3. Processor and 4. model.

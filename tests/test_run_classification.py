@@ -5,6 +5,7 @@ where mm is not installed; a user folder with one label column; streamed user da
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -56,8 +57,16 @@ def test_builtin_tasks_from_a_checkpoint_with_frozen_towers_then_pipelines_witho
     for key, value in started.items():
         torch.testing.assert_close(trained[f"mm.{key}"], value, rtol=0, atol=0)
     assert any(key.startswith("fusion.") for key in trained)
-    card = (output_dir / "README.md").read_text()
-    assert "multimodal-classification" in card and "| colours | multi_label_classification: " in card
+    card = ModelCard.load(output_dir / "README.md")
+    assert "| colours | multi_label_classification: blue, green, orange, purple, red, yellow |" in card.text
+    assert "run_lora.py --model_name_or_path out --task classification" in card.text and "run_clip" not in card.text
+    results = {(r.metric_name, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert results[("match accuracy", "accuracy")] == metrics["match accuracy"]
+    assert results[("count rmse", "rmse")] == metrics["count rmse"] and len(results) == 7
+    assert card.data.pipeline_tag == "image-classification"
+    # The card's usage snippets, run as a reader would (with the saved folder, an image and a clip of the data).
+    usage = card.text.split("## How to use")[1].split("### With the example scripts")[0]
+    snippets = "\n".join(re.findall(r"```python\n(.*?)```", usage, flags=re.S))
 
     image, clip = tmp_path / "image.png", tmp_path / "clip.wav"
     row = fusion_data["test"][0]
@@ -83,6 +92,8 @@ assert set(both) == {{"match", "colours", "count"}} and isinstance(both["count"]
 assert {{o["label"] for o in both["colours"]}} == {{"red", "green", "blue", "yellow", "purple", "orange"}}
 one = clf([{{"text": {row["caption"]!r}}}, {{"image": {str(image)!r}}}])
 assert len(one) == 2 and set(one[1]) == set(both), one
+waveform = wave
+exec({snippets.replace('"out"', repr(str(output_dir))).replace('"photo.jpg"', repr(str(image)))!r})
 print("PIPELINES OK")
 """
     assert "PIPELINES OK" in run_clean(code, cwd=tmp_path)
@@ -105,6 +116,27 @@ def test_user_folder_with_one_label_column_as_classes(fusion_data, tmp_path):
     assert config["problem_type"] == "single_label_classification"
     assert set(config["id2label"].values()) <= {"1", "2", "3", "4", "5", "6", "7", "8"}
 
+
+
+def test_streamed_user_data_and_a_held_out_class_unseen_in_training(fusion_data, tmp_path):
+    """--streaming reads a user folder as it trains (classes from the streamed training rows); a held-out label the
+    training split never has is refused before training, naming the split, the column and the value."""
+    folder = tmp_path / "data"
+    for split in ("train", "validation", "test"):
+        rows = fusion_data[split].map(lambda row, i: {"kind": "ab"[i % 2] if split != "test" or i else "c"}, with_indices=True)
+        write_folder(rows, folder / split)
+    with pytest.raises(ValueError, match=r"The test split: Label 'c' in column 'kind' is not one of the classes"):
+        run_classification.main([*TINY, "--dataset_name", str(folder), "--label_column", "kind",
+                                 "--output_dir", str(tmp_path / "refused")])  # fmt: skip
+
+    output_dir = tmp_path / "out"
+    metrics = run_classification.main(
+        [*TINY, "--dataset_name", str(folder), "--streaming", "--label_column", "match", "--fusion_type", "gated",
+         "--output_dir", str(output_dir)]
+    )  # fmt: skip
+    assert 0 <= metrics["match accuracy"] <= 1 and "match auroc [text + image]" in metrics
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["id2label"] == {"0": "0", "1": "1"} and config["tasks"]["match"]["labels"] == ["0", "1"]
 
 
 def save_tiny_classifier(folder, train_split):

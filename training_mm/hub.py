@@ -186,9 +186,9 @@ def write_model_card(
             dataset_type=dataset_type,
             dataset_name=dataset_name,
             dataset_split=dataset_split,
-            metric_type=name,
             metric_name=name,
             metric_value=value,
+            **_metric_of(name, classification_tasks),
         )
         for name, value in metrics.items()
     ]
@@ -231,6 +231,13 @@ def write_model_card(
     )
     card.save(folder / "README.md")
     return card
+
+
+def _metric_of(name, classification_tasks):
+    """The `model-index` metric type of a measured figure: a classifier's "match accuracy" is an `accuracy` (its name
+    keeps the task); other figures are their own type."""
+    task, _, metric = name.partition(" ")
+    return {"metric_type": metric if classification_tasks and task in classification_tasks and metric else name}
 
 
 def write_pushed_model_card(folder, model, repo_id, pipeline_tag):
