@@ -749,3 +749,10 @@ PRESETS = {
         projection_dim=512,
     ),
 }
+
+# "small" with an audio tower for long clips: 30 s of positions (3,000 mel frames) and local attention, each position
+# seeing 128 others (1.28 s) each way. benchmarks/bench_long_audio.py measures what each attention type costs.
+PRESETS["small-long-audio"] = dict(
+    PRESETS["small"],
+    audio_config=dict(PRESETS["small"]["audio_config"], max_source_positions=1500, attention_type="local"),
+)

@@ -15,7 +15,7 @@ outputs/run_captioning-small:
 
 It follows run_clip.py (and transformers' examples/pytorch/contrastive-image-text/run_clip.py): `HfArgumentParser`
 over three dataclasses, one `main` in numbered steps, and a collator that builds `labels`, so `Trainer` needs no
-subclass; the data, output-folder and Hub steps are training_mm.cli's, shared with the other examples. `main(argv)` is
+subclass; the data, output-folder and Hub steps are training_mm's (splits, output_folder), shared with the other examples. `main(argv)` is
 importable and returns the measured metrics.
 """
 
@@ -31,22 +31,16 @@ from configuration_mm import MMConfig
 from modeling_mm import MMForConditionalGeneration
 from training_mm.caption_metrics import caption_metrics
 from training_mm.captioning import PIPELINE_TASKS, CaptioningCollator, generate_captions, reference_captions
-from training_mm.cli import (
+from training_mm.output_folder import prepare_output, push_output_folder, save_output_folder
+from training_mm.processors import image_size_of, load_processor, new_processor
+from training_mm.script_arguments import (
     CaptioningDataArguments,
     CaptioningTrainingArguments,
-    check_splits,
-    image_size_of,
-    load_processor,
-    load_splits,
-    new_processor,
     parse_script_args,
-    prepare_output,
-    push_output_folder,
-    save_output_folder,
     setup_logging,
-    train_and_collect_losses,
-    trainer_hyperparameters,
 )
+from training_mm.splits import check_splits, load_splits
+from training_mm.trainer_steps import train_and_collect_losses, trainer_hyperparameters
 from training_mm.hub import describe_model
 from training_mm.nonfinite_guard import NonFiniteGuardCallback
 from training_mm.safe_loading import from_pretrained_safetensors, refuse_pickled_weights

@@ -22,7 +22,7 @@ training, written to the config's `id2label`); `--problem_type` overrides that (
 column is the `default_task`, the head that single-modality pipelines answer with (or pass --default_task).
 
 The steps it shares with the other examples (output-folder and Hub checks, data splits, a new processor, the
-Hub-ready folder) are in training_mm/cli.py; batching, metrics (scikit-learn) and the ablation in
+Hub-ready folder) are in training_mm (script_arguments, splits, processors, output_folder, trainer_steps); batching, metrics (scikit-learn) and the ablation in
 training_mm/classification.py. `main(argv)` is importable and returns the measured metrics.
 """
 
@@ -47,21 +47,11 @@ from training_mm.classification import (
     infer_tasks,
     pipeline_task,
 )
-from training_mm.cli import (
-    DataArguments,
-    check_splits,
-    image_size_of,
-    load_processor,
-    load_splits,
-    new_processor,
-    parse_script_args,
-    prepare_output,
-    push_output_folder,
-    save_output_folder,
-    setup_logging,
-    train_and_collect_losses,
-    trainer_hyperparameters,
-)
+from training_mm.output_folder import prepare_output, push_output_folder, save_output_folder
+from training_mm.processors import image_size_of, load_processor, new_processor
+from training_mm.script_arguments import DataArguments, parse_script_args, setup_logging
+from training_mm.splits import check_splits, load_splits
+from training_mm.trainer_steps import train_and_collect_losses, trainer_hyperparameters
 from training_mm.hub import describe_model
 from training_mm.synthetic_data import FUSION_TASKS, build_fusion_dataset
 

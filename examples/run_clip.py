@@ -15,7 +15,7 @@ retrieval recall@1/5/10 on the held-out split before and after training, and wri
 It follows transformers' examples/pytorch/contrastive-image-text/run_clip.py: `HfArgumentParser` over three
 dataclasses, one `main` in numbered steps, and a collator that sets `return_loss=True`, so `Trainer` needs no
 subclass. The steps it shares with run_captioning.py and run_lora.py (output-folder and Hub checks, data splits, a new
-processor, the Hub-ready folder) are in training_mm/cli.py. `main(argv)` is importable and returns the measured metrics.
+processor, the Hub-ready folder) are in training_mm (script_arguments, splits, processors, output_folder, trainer_steps). `main(argv)` is importable and returns the measured metrics.
 """
 
 import logging
@@ -30,23 +30,11 @@ from transformers import AutoConfig, AutoImageProcessor, HfArgumentParser, Train
 
 from configuration_mm import MMConfig
 from modeling_mm import MMModel
-from training_mm.cli import (
-    RUN_ARTIFACTS,  # noqa: F401  (what the pushed folder leaves out; tests read it here)
-    DataArguments,
-    check_splits,
-    image_size_of,
-    load_processor,
-    load_splits,
-    new_processor,
-    parse_script_args,
-    prepare_output,
-    push_output_folder,
-    run_before_reporting,
-    save_output_folder,
-    setup_logging,
-    train_and_collect_losses,
-    trainer_hyperparameters,
-)
+from training_mm.output_folder import prepare_output, push_output_folder, save_output_folder
+from training_mm.processors import image_size_of, load_processor, new_processor
+from training_mm.script_arguments import DataArguments, parse_script_args, setup_logging
+from training_mm.splits import check_splits, load_splits
+from training_mm.trainer_steps import run_before_reporting, train_and_collect_losses, trainer_hyperparameters
 from training_mm.collators import ContrastiveCollator
 from training_mm.hub import describe_model
 from training_mm.nonfinite_guard import NonFiniteGuardCallback

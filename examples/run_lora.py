@@ -27,7 +27,7 @@ columns; by default the built-in fusion tasks) the fusion layers and the task he
 in full, as PEFT's `modules_to_save`, and saved in the adapter with the LoRA weights of the towers.
 
 Same shape as run_clip.py and run_captioning.py, whose data options, collators, evaluation and folder/Hub steps it
-shares through training_mm (`cli`, `captioning`, `retrieval`): `HfArgumentParser` over three dataclasses, one `main`
+shares through training_mm (`script_arguments`, `splits`, `output_folder`, `captioning`, `retrieval`): `HfArgumentParser` over three dataclasses, one `main`
 in numbered steps, `main(argv)` importable and returning the measured metrics.
 """
 
@@ -48,21 +48,16 @@ from modeling_mm import MMForClassification, MMForConditionalGeneration, MMModel
 from training_mm.caption_metrics import caption_metrics
 from training_mm.captioning import PIPELINE_TASKS, CaptioningCollator, generate_captions, reference_captions
 from training_mm.classification import MODALITY_COLUMNS, ClassificationCollator, evaluate_split, pipeline_task
-from training_mm.cli import (
+from training_mm.output_folder import prepare_output, push_output_folder, save_output_folder
+from training_mm.processors import image_size_of, load_processor
+from training_mm.script_arguments import (
     CaptioningDataArguments,
     CaptioningTrainingArguments,
-    check_splits,
-    image_size_of,
-    load_processor,
-    load_splits,
     parse_script_args,
-    prepare_output,
-    push_output_folder,
-    save_output_folder,
     setup_logging,
-    train_and_collect_losses,
-    trainer_hyperparameters,
 )
+from training_mm.splits import check_splits, load_splits
+from training_mm.trainer_steps import train_and_collect_losses, trainer_hyperparameters
 from training_mm.collators import ContrastiveCollator
 from training_mm.hub import describe_model, write_model_card
 from training_mm.lora import MODALITY_TOWERS, build_lora_config, count_parameters, format_parameter_counts

@@ -36,15 +36,11 @@ from transformers import HfArgumentParser, set_seed
 from configuration_mm import MMConfig
 from modeling_mm import MMModel, MMTextModel
 from modeling_mm.pipeline_mm_text_to_image import MMTextToImagePipeline, build_text_to_image_unet, diffusion_loss
-from training_mm.cli import (
-    DEFAULT_CHECKPOINT,
-    DataArguments,
-    check_output_dir,
-    ensure_checkpoint,
-    load_processor,
-    load_splits,
-    new_processor,
-)
+from training_mm.default_checkpoint import DEFAULT_CHECKPOINT, ensure_checkpoint
+from training_mm.output_folder import check_output_dir
+from training_mm.processors import load_processor, new_processor
+from training_mm.script_arguments import DataArguments
+from training_mm.splits import load_splits
 from training_mm.text_to_image import (
     ImageCaptionCollator,
     JudgeImageFeatures,

@@ -30,8 +30,12 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from configuration_mm import MMConfig, MMSpeechConfig
 from modeling_mm import MMForConditionalGeneration, MMForTextToSpeech, MMModel
-from training_mm.cli import DEFAULT_CHECKPOINT, DataArguments, check_output_dir, ensure_checkpoint, load_processor
-from training_mm.cli import load_splits, setup_logging, train_and_collect_losses
+from training_mm.default_checkpoint import DEFAULT_CHECKPOINT, ensure_checkpoint
+from training_mm.output_folder import check_output_dir
+from training_mm.processors import load_processor
+from training_mm.script_arguments import DataArguments, setup_logging
+from training_mm.splits import load_splits
+from training_mm.trainer_steps import train_and_collect_losses
 from training_mm.data import SAMPLING_RATE, decode_audio
 from training_mm.retrieval import recall_at_k
 from training_mm.text_to_speech import TextToSpeechCollator, mel_cepstral_distortion

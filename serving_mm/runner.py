@@ -16,7 +16,7 @@ import torch
 
 from modeling_mm import MMForConditionalGeneration, MMModel
 from processing_mm import MMProcessor
-from training_mm.cli import load_processor
+from training_mm.processors import load_processor
 
 logger = logging.getLogger("mm-serve")
 

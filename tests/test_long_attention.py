@@ -198,3 +198,28 @@ for key, value in expected.items():
 print("LONG ATTENTION LOADS")
 """
     assert "LONG ATTENTION LOADS" in run_clean(code, cwd=tmp_path)
+
+
+def test_long_audio_preset_takes_thirty_seconds_with_local_attention():
+    """The `small-long-audio` preset's audio tower: a 30 s clip, featurized by the processor a new model gets, runs
+    through it untruncated (1,500 positions) with local attention; the `small` preset's 4 s would cut it."""
+    from training_mm.processors import new_processor
+
+    config = MMConfig.from_preset(
+        "small-long-audio",
+        audio_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4),
+    )
+    assert config.audio_config.attention_type == "local"
+    towers = {"text": config.text_config, "vision": config.vision_config, "audio": config.audio_config}
+    processor = new_processor(towers, {"caption": ["a red circle", "a blue square"]}, tokenizer_source=None)
+    features = processor.feature_extractor(
+        [0.1 * torch.randn(30 * 16000).numpy()], sampling_rate=16000, return_tensors="pt"
+    )
+    assert features["input_features"].shape[-1] == 3000
+    torch.manual_seed(0)
+    tower = MMAudioModel(config.audio_config).eval()
+    with torch.no_grad():
+        out = tower(features["input_features"], audio_attention_mask=features["audio_attention_mask"])
+    assert out.last_hidden_state.shape[1] == 1500 and torch.isfinite(out.last_hidden_state).all()
+    small = MMConfig.from_preset("small").audio_config
+    assert 2 * small.max_source_positions < 3000

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from testers import TINY_RUN, save_tiny_base
-from training_mm.cli import RunOutput, push_output_folder
+from training_mm.output_folder import RunOutput, push_output_folder
 
 import run_captioning
 import run_clip

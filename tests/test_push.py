@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from configuration_mm import MMConfig
 from modeling_mm import MMModel
 from modeling_mm.modeling_mm_utils import REMOTE_CODE_FILES
+from training_mm.output_folder import RUN_ARTIFACTS
 from testers import TINY_RUN, run_clean, save_tiny_base, tiny_processor
 from training_mm.hub import push_folder_to_hub
 
@@ -127,7 +128,7 @@ def test_example_push_delivers_its_output_folder_and_card(name, builtin_data, hu
 
     # Byte for byte the folder the run wrote, without its local checkpoints and logs.
     pushed = received(hub_server, repo_id)
-    assert pushed == local_files(output_dir, skip=run_clip.RUN_ARTIFACTS)
+    assert pushed == local_files(output_dir, skip=RUN_ARTIFACTS)
     assert hub_server.unhandled == []
 
     # The card's model-index, parsed back into EvalResults, is what main() measured, not a constant.

@@ -1,4 +1,4 @@
-"""What `--resume_from_checkpoint` may touch and pick (training_mm.checkpoints, training_mm.cli): another run's
+"""What `--resume_from_checkpoint` may touch and pick (training_mm.checkpoints, training_mm.output_folder): another run's
 checkpoint never opens a finished output folder, and `last` takes the newest complete checkpoint, found before the data
 is loaded."""
 

@@ -27,6 +27,7 @@ from numbers import Real
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants
+from huggingface_hub.errors import RepositoryNotFoundError
 from transformers import PreTrainedConfig
 
 from configuration_mm.configuration_mm import MODALITIES
@@ -316,7 +317,7 @@ def push_folder_to_hub(
 
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    existing = [path for path in api.list_repo_files(repo_id) if path != ".gitattributes"]
+    existing = _repo_files(api, repo_id)
     if existing and not overwrite:
         shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
         raise FileExistsError(
@@ -330,3 +331,25 @@ def push_folder_to_hub(
         commit_message=commit_message,
         delete_patterns="*" if existing else None,
     )
+
+
+def check_hub_repo_is_empty(repo_id, token):
+    """Fails before training, not after, when --push_to_hub would be refused (see push_folder_to_hub)."""
+    api = HfApi(token=token)
+    if "/" not in repo_id:
+        repo_id = f"{api.whoami()['name']}/{repo_id}"
+    if files := _repo_files(api, repo_id):
+        raise FileExistsError(
+            f"--push_to_hub: the Hub repo {repo_id} already has {len(files)} file(s), and this script never overwrites "
+            "a repo. Choose another --hub_model_id, or push the finished folder yourself with "
+            "training_mm.hub.push_folder_to_hub(folder, repo_id, overwrite=True)."
+        )
+
+
+def _repo_files(api, repo_id):
+    """The files of the Hub repo `repo_id` other than the `.gitattributes` every new repo gets (none if there is no
+    such repo)."""
+    try:
+        return [path for path in api.list_repo_files(repo_id) if path != ".gitattributes"]
+    except RepositoryNotFoundError:
+        return []

@@ -9,7 +9,7 @@ resumed run continues bit-identically. The rationale, the measurements behind ev
 are in docs/meta_controller.md.
 
 `Trainer` calls the `report_to` integrations before the callbacks you pass, so to see the `meta_*` values in
-TensorBoard move the controller ahead of them: `training_mm.cli.run_before_reporting(trainer, controller)`.
+TensorBoard move the controller ahead of them: `training_mm.trainer_steps.run_before_reporting(trainer, controller)`.
 """
 
 import math
