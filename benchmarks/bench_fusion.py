@@ -28,9 +28,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
 
 import run_classification  # noqa: E402
 from training_mm.classification import modality_subsets  # noqa: E402
-from training_mm.synthetic_data import FUSION_TASKS  # noqa: E402
+from training_mm.synthetic_data import FUSION_TASKS, build_fusion_dataset  # noqa: E402
 
 FUSION_TYPES = ("late", "gated", "concat", "cross")
+BUILTIN_SPLITS = dict(num_train=2000, num_validation=300, num_test=300)  # run_classification.py's default data
 MODALITIES = ("text", "image", "audio")
 # Sizes of the two forms: (preset, train rows, test rows, optimizer steps, batch, peak learning rate, seeds). Towers
 # trained from scratch learn nothing in a few dozen steps (every fusion type then answers the majority class): the
@@ -59,6 +60,47 @@ def run_one(settings, fusion_type, modality_dropout, seed, output_dir, tasks=Non
         *(["--label_column", *tasks] if tasks else []),
     ]  # fmt: skip
     return argv, run_classification.main(argv)
+
+
+def step_cost(preset, batch=32, steps=5):
+    """CPU seconds (this process, `time.process_time`, which other processes' load does not inflate) to collate a
+    batch of the built-in fusion tasks, to run one training step of `MMForClassification` (concat, the default run's
+    model at `preset`) and to score one held-out row: what the default run's duration is estimated from."""
+    import torch
+
+    from configuration_mm import MMConfig
+    from modeling_mm import MMForClassification
+    from training_mm.classification import ClassificationCollator, infer_tasks
+    from training_mm.processors import image_size_of, new_processor
+
+    config = MMConfig.from_preset(preset)
+    data = build_fusion_dataset(image_size=image_size_of(config.vision_config), **BUILTIN_SPLITS)
+    towers = {"text": config.text_config, "vision": config.vision_config, "audio": config.audio_config}
+    processor = new_processor(towers, data["train"], None)
+    tasks = infer_tasks(data["train"], list(FUSION_TASKS))
+    tokenizer = processor.tokenizer
+    text = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+    model = MMForClassification(MMConfig.from_preset(preset, text_config=text, tasks=tasks, default_task="match"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4)
+    collator = ClassificationCollator(processor, MODALITIES, tasks)
+    rows = [data["train"][i] for i in range(batch * (steps + 1))]
+    collate = train = 0.0
+    for step in range(steps + 1):
+        start = time.process_time()
+        inputs = collator(rows[step * batch : (step + 1) * batch])
+        collate += time.process_time() - start
+        start = time.process_time()
+        model(**inputs).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if step:  # the first step warms up
+            train += time.process_time() - start
+    model.eval()
+    start = time.process_time()
+    with torch.no_grad():
+        model(**ClassificationCollator(processor, MODALITIES)(rows[:batch]))
+    score = (time.process_time() - start) / batch
+    return {"collate CPU-s/batch": collate / (steps + 1), "train step CPU-s": train / steps, "eval CPU-s/row": score}
 
 
 def mean_std(values):
@@ -95,6 +137,13 @@ def main(argv=None):
     )
     parser.add_argument("--json", default=None, help="Also write every run's metrics to this file.")
     parser.add_argument(
+        "--step_cost",
+        default=None,
+        choices=["tiny", "small", "base"],
+        help="Only measure the CPU time of one training step of this preset on the default built-in data (one "
+        "thread: run with OMP_NUM_THREADS=1), from which the default run's duration is estimated.",
+    )
+    parser.add_argument(
         "--tables_from",
         nargs="+",
         default=None,
@@ -102,6 +151,10 @@ def main(argv=None):
         "processes, split by --fusion_types) instead of running anything.",
     )
     args = parser.parse_args(argv)
+    if args.step_cost:
+        cost = step_cost(args.step_cost)
+        print(f"{args.step_cost} preset, batch 32: " + ", ".join(f"{name} {value:.3f}" for name, value in cost.items()))
+        return cost
     if args.tables_from:
         raw = [run for path in args.tables_from for run in json.loads(Path(path).read_text())]
         runs = {}
