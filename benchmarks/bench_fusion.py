@@ -7,8 +7,13 @@ measures the held-out test split with every subset of the modalities: all three,
 table shows `match` accuracy (the task built to need the image and a caption: chance is 0.5 from either alone),
 then the `colours` mAP and `count` RMSE with every modality; mean ± std over the seeds.
 
-    python benchmarks/bench_fusion.py --quick      # tiny preset, 1 seed, a few minutes on 2 CPU cores
+    python benchmarks/bench_fusion.py --quick --tasks match colours   # tiny preset, 1 seed: 8 runs of ~1.3 CPU-min
     python benchmarks/bench_fusion.py              # small preset, 3 seeds (hours on a CPU)
+
+The quick form is not under 5 minutes on one process: each run is 300 steps of ~0.22 CPU-s (collating and training
+the tiny preset), so split it by `--fusion_types` into two processes with `--json` and print the whole table with
+`--tables_from` (README, "Ablation", has the commands). `--tasks match colours` leaves the `count` regression out: at
+this size it crowds out the colour features `match` needs (docs/design.md, "Fusion").
 
 Every run is `run_classification.main([...])` with the arguments printed at the top, so any cell can be re-run
 alone. With `--json FILE` the raw metrics of every run are written there too.
