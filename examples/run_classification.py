@@ -3,7 +3,7 @@
 with `Trainer`.
 
 With no arguments it trains the `small` preset on the built-in fusion tasks (generated and cached on first use):
-`match` (does the caption, written or spoken, describe the image? negatives differ in one attribute), `colours` (which
+`match` (does the caption, written or spoken, describe the image? negatives differ in one colour), `colours` (which
 colours the image or the caption show, multi-label) and `count` (objects in the image, regression), one head each on
 one fused representation. It prints the held-out metrics with every subset of the modalities (the ablation table) and
 writes a Hub-ready folder (weights, processor, remote code, a model card with the numbers) to

@@ -423,7 +423,7 @@ def build_fusion_dataset(
     """Build (or load from the cache) the built-in fusion tasks: a `DatasetDict` with `train`/`validation`/`test`.
 
     Columns: `image`, `caption`, `audio` (as in `build_synthetic_dataset`), `match` (int: 1 when the caption describes
-    the image, 0 when it differs in one attribute; half of each), `colours` (list of str) and `count` (float). `match`
+    the image, 0 when it differs in one object's colour; half of each), `colours` (list of str) and `count` (float). `match`
     needs the image and a caption (text or spoken): from one of them alone it is at chance. Cached like
     `build_synthetic_dataset`, under its own key; scenes use the seen (colour, shape) pairs in every split.
 
