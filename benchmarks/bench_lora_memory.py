@@ -22,7 +22,7 @@ from bench_contrastive import make_batch
 from common import Result, device_label, new_parser, run_script
 from configuration_mm import MMConfig
 from modeling_mm import MMModel
-from training_mm.lora import build_lora_config, count_parameters, optimizer_step_memory
+from training_mm.lora import build_lora_config
 
 TOWERS = ("text", "vision", "audio")
 MIB = 2**20
@@ -30,7 +30,7 @@ MIB = 2**20
 
 def build_parser():
     parser = new_parser(__doc__.splitlines()[0])
-    parser.set_defaults(preset="base")  # the issue's question is about base, on any device
+    parser.set_defaults(preset="base")  # the size a user finetunes, on any device
     parser.add_argument("--ranks", type=int, nargs="+", default=[8, 16], help="LoRA ranks to compare (alpha = 2 r).")
     parser.add_argument("--batch-size", type=int, default=2, help="items in the one training step (memory of the "
                         "optimizer state does not depend on it).")  # fmt: skip
@@ -46,13 +46,39 @@ def make_inputs(config, args):
     return {**batch, "input_features": features.to(args.device), "return_loss": True}
 
 
+def optimizer_state_bytes(optimizer):
+    """Bytes held in `optimizer.state` (AdamW: `exp_avg`, `exp_avg_sq` and `step` per parameter it has updated)."""
+    return sum(
+        value.numel() * value.element_size()
+        for state in optimizer.state.values()
+        for value in state.values()
+        if torch.is_tensor(value)
+    )
+
+
+def optimizer_step_memory(model, batch, lr=1e-4):
+    """Runs one real AdamW step of `model` on `batch` (the keyword arguments of its forward, with a loss) and returns
+    `(optimizer state bytes, trainable parameter bytes)`. AdamW creates its state lazily, for the parameters that got
+    a gradient, so this counts what training actually holds, not an estimate from parameter counts."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=lr)
+    model.train()
+    loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return optimizer_state_bytes(optimizer), sum(p.numel() * p.element_size() for p in parameters)
+
+
 def measure(args, config, batch, rank=None):
     """(optimizer state bytes, trainable parameter bytes, trainable parameters) of one AdamW step; LoRA at `rank`."""
     torch.manual_seed(args.seed)
     model = MMModel(config).to(args.device, getattr(torch, args.dtype))
-    if rank is not None:
+    if rank is None:
+        trainable = model.num_parameters(only_trainable=True)
+    else:
         model = get_peft_model(model, build_lora_config(model, TOWERS, r=rank, alpha=2 * rank, dropout=0.0))
-    trainable, _ = count_parameters(model)
+        trainable, _ = model.get_nb_trainable_parameters()
     state_bytes, parameter_bytes = optimizer_step_memory(model, batch)
     del model
     gc.collect()

@@ -439,6 +439,9 @@ class MMConfig(PreTrainedConfig):
         contrastive_pair_weights (`dict[str, float]`, optional): relative weights of the modality pairs in the
             contrastive loss, keyed `"image_text"`, `"audio_text"`, `"audio_image"` (a missing pair weighs 1);
             None averages the pairs equally. The meta-controller sets it with `pair_weights=True`.
+        hard_negative_beta (`float`): 0 for the plain contrastive loss; > 0 weights each in-batch negative by its
+            hardness, `softmax(beta * logit)` over the row's negatives (hardness-weighted InfoNCE, Robinson et al.
+            2021); positives (shared group ids, identical captions) are never weighted.
         fusion_encoder_config (`dict` or `MMFusionConfig`): the fusion layers of `MMForClassification` (fusion type,
             depth, modality dropout); its `hidden_size` defaults to `projection_dim`. (Not `fusion_config`: from 5.24
             transformers reads that name for its own kernel fusion.)
@@ -486,6 +489,7 @@ class MMConfig(PreTrainedConfig):
         tie_word_embeddings=True,
         speech_config=None,
         contrastive_pair_weights=None,
+        hard_negative_beta=0.0,
         fusion_encoder_config=None,
         tasks=None,
         default_task=None,
@@ -524,6 +528,7 @@ class MMConfig(PreTrainedConfig):
         self.caption_loss_weight = caption_loss_weight
         self.contrastive_loss_weight = contrastive_loss_weight
         self.contrastive_pair_weights = contrastive_pair_weights
+        self.hard_negative_beta = hard_negative_beta
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         kwargs.setdefault("custom_pipelines", dict(CUSTOM_PIPELINES))
         super().__init__(**kwargs)
@@ -541,6 +546,9 @@ class MMConfig(PreTrainedConfig):
                 f"MMConfig.contrastive_pair_weights takes non-negative weights keyed 'image_text', 'audio_text', "
                 f"'audio_image'; got {contrastive_pair_weights!r}."
             )
+        beta = hard_negative_beta
+        if not isinstance(beta, (int, float)) or isinstance(beta, bool) or beta < 0:
+            raise ValueError(f"MMConfig.hard_negative_beta must be a number >= 0 (0: off), got {beta!r}.")
         _check_attn_implementation(self)
         self._check_tasks()
 

@@ -12,6 +12,7 @@ outputs/run_captioning-small:
     python examples/run_captioning.py --dataset_name my_photos/ --caption_column text --output_dir outputs/photos
     python examples/run_captioning.py --model_name_or_path outputs/run_clip-small   # decoder on trained towers
     python examples/run_captioning.py --contrastive_loss_weight 1.0           # CoCa: captioning + contrastive loss
+    python examples/run_captioning.py --model_name_or_path ckpt --dataset_name coco/ --do_train false  # evaluate only
 
 It follows run_clip.py (and transformers' examples/pytorch/contrastive-image-text/run_clip.py): `HfArgumentParser`
 over three dataclasses, one `main` in numbered steps, and a collator that builds `labels`, so `Trainer` needs no
@@ -22,16 +23,20 @@ importable and returns the measured metrics.
 import logging
 from dataclasses import dataclass, field
 from itertools import islice
+from pathlib import Path
 from typing import Literal
 
 import transformers
+from datasets import IterableDataset
 from transformers import HfArgumentParser, Trainer
 
 from configuration_mm import MMConfig
 from modeling_mm import MMForConditionalGeneration
+from training_mm.caption_metrics import PROTOCOL as CAPTION_PROTOCOL
 from training_mm.caption_metrics import caption_metrics
 from training_mm.captioning import PIPELINE_TASKS, CaptioningCollator, generate_captions, reference_captions
-from training_mm.output_folder import prepare_output, push_output_folder, save_output_folder
+from training_mm.evaluation import unique_media_rows
+from training_mm.output_folder import prepare_output, push_output_folder, save_evaluation_results, save_output_folder
 from training_mm.processors import image_size_of, load_processor, new_processor
 from training_mm.script_arguments import (
     CaptioningDataArguments,
@@ -103,7 +108,11 @@ def main(argv=None):
         # The towers captions are not made from (and the text tower, without CoCa) get no gradient, which DDP
         # treats as an error unless told.
         training_args.ddp_find_unused_parameters = True
-    caption_rows = list(islice(splits[caption_split_name], data_args.max_eval_samples))
+    # Each image/clip is captioned once, however many captions (the references) it has.
+    held_out = splits[caption_split_name]
+    if isinstance(held_out, IterableDataset):
+        held_out = list(islice(held_out, data_args.max_eval_samples))
+    caption_rows = list(islice(unique_media_rows(held_out, modality), data_args.max_eval_samples))
     references = reference_captions(caption_rows, splits[caption_split_name])
 
     # 3. Processor and 4. model.
@@ -117,6 +126,11 @@ def main(argv=None):
     batch_size = training_args.per_device_eval_batch_size
     baseline_captions = generate_captions(model, processor, caption_rows, modality, batch_size, generate_kwargs)
     baseline = caption_metrics(baseline_captions, references)
+    if not training_args.do_train:  # evaluate the checkpoint only
+        if training_args.should_log:
+            print(format_report(None, baseline, caption_split_name, caption_rows, references, baseline_captions, None))
+        save_evaluation_results(training_args, baseline)
+        return baseline
 
     # 6. Training, stopped at the first non-finite loss or gradient (and before saving non-finite weights).
     trainer = Trainer(
@@ -148,6 +162,7 @@ def main(argv=None):
         dataset_name=dataset_name,
         dataset_type=dataset_type,
         dataset_split=caption_split_name,
+        evaluation_protocol=CAPTION_PROTOCOL,
         hyperparameters=hyperparameters(model_args, trainer, modality),
         base_model=model_args.model_name_or_path,
         modalities=("text", modality),
@@ -161,7 +176,20 @@ def main(argv=None):
 
 def parse_args(argv):
     parser = HfArgumentParser((ModelArguments, CaptioningDataArguments, CaptioningTrainingArguments))
-    return parse_script_args(parser, argv, default_output_dir=lambda known: f"outputs/run_captioning-{known.preset}")
+    model_args, data_args, training_args = parse_script_args(parser, argv, default_output_dir=default_output_dir)
+    if not training_args.do_train and not model_args.model_name_or_path:
+        raise ValueError(
+            "--do_train false evaluates a trained captioner: pass --model_name_or_path (an mm checkpoint)."
+        )
+    return model_args, data_args, training_args
+
+
+def default_output_dir(known):
+    """outputs/run_captioning-<preset> for a training run, outputs/run_captioning-eval-<checkpoint name> for an
+    evaluation."""
+    if known.do_train:
+        return f"outputs/run_captioning-{known.preset}"
+    return f"outputs/run_captioning-eval-{Path(known.model_name_or_path or 'model').name}"
 
 
 # ------------------------------------------------------------------------------------------------ processor & model
@@ -199,14 +227,20 @@ def build_model(model_args, tokenizer):
 
 
 def format_report(before, after, split_name, rows, references, captions, baseline_captions, examples=5):
+    """BLEU-4 and CIDEr-D before and after training (only the measured ones when `before` is None), with examples."""
+    header = ("untrained", "trained") if before is not None else ("measured",)
     lines = [
         f"Captions of {len(rows)} held-out {split_name} items, scored against {sum(map(len, references))} references:",
-        f"{'':<8}{'untrained':>12}{'trained':>12}",
-        f"{'BLEU':<8}{before['bleu']:>12.2f}{after['bleu']:>12.2f}",
-        f"{'CIDEr-D':<8}{before['cider']:>12.3f}{after['cider']:>12.3f}",
+        f"{'':<8}" + "".join(f"{name:>12}" for name in header),
     ]
-    for refs, caption, baseline_caption in list(zip(references, captions, baseline_captions))[:examples]:
-        lines.append(f"  reference: {refs[0]!r}\n    trained: {caption!r}\n  untrained: {baseline_caption!r}")
+    for name, label, digits in (("bleu", "BLEU-4", 2), ("cider", "CIDEr-D", 3)):
+        values = (before[name], after[name]) if before is not None else (after[name],)
+        lines.append(f"{label:<8}" + "".join(f"{value:>12.{digits}f}" for value in values))
+    for index, (refs, caption) in enumerate(list(zip(references, captions))[:examples]):
+        label = "trained" if baseline_captions is not None else "caption"
+        lines.append(f"  reference: {refs[0]!r}\n{label:>11}: {caption!r}")
+        if baseline_captions is not None:
+            lines.append(f"  untrained: {baseline_captions[index]!r}")
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ retrieval recall@1/5/10 on the held-out split before and after training, and wri
     python examples/run_clip.py --text_encoder path/to/bert --vision_encoder path/to/vit --dataset_name data.csv
     python examples/run_clip.py --model_name_or_path outputs/run_clip-small --dataset_name my_photos/
     python examples/run_clip.py --resume_from_checkpoint last        # continue a killed run in its output_dir
+    python examples/run_clip.py --model_name_or_path ckpt --dataset_name coco/ --do_train false   # evaluate only
     accelerate launch --multi_gpu --num_processes 2 examples/run_clip.py --use_cpu --preset tiny  # docs/distributed.md
 
 It follows transformers' examples/pytorch/contrastive-image-text/run_clip.py: `HfArgumentParser` over three
@@ -22,6 +23,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -30,15 +32,25 @@ from transformers import AutoConfig, AutoImageProcessor, HfArgumentParser, Train
 
 from configuration_mm import MMConfig
 from modeling_mm import MMModel
-from training_mm.output_folder import prepare_output, push_output_folder, save_output_folder
+from training_mm.output_folder import prepare_output, push_output_folder, save_evaluation_results, save_output_folder
 from training_mm.processors import image_size_of, load_processor, new_processor
 from training_mm.script_arguments import DataArguments, parse_script_args, setup_logging
 from training_mm.splits import check_splits, load_splits
 from training_mm.trainer_steps import run_before_reporting, train_and_collect_losses, trainer_hyperparameters
 from training_mm.collators import ContrastiveCollator
+from training_mm.data_workers import dataloader_workers
 from training_mm.hub import describe_model
+from training_mm.media_inputs import undecoded
 from training_mm.nonfinite_guard import NonFiniteGuardCallback
-from training_mm.retrieval import DIRECTIONS, MIN_GALLERY, RECALL_AT, RetrievalGallery, metric_name, retrieval_metrics
+from training_mm.retrieval import (
+    DIRECTIONS,
+    MIN_GALLERY,
+    PROTOCOL,
+    RECALL_AT,
+    RetrievalGallery,
+    metric_name,
+    retrieval_metrics,
+)
 from training_mm.safe_loading import from_pretrained_safetensors, refuse_pickled_weights
 
 logger = logging.getLogger("run_clip")
@@ -80,6 +92,13 @@ class ModelArguments:
     loss_type: Literal["clip", "siglip"] | None = field(
         default=None, metadata={"help": "Contrastive loss of a new model (default clip); a checkpoint keeps its own."}
     )
+    hard_negative_beta: float | None = field(
+        default=None,
+        metadata={
+            "help": "Hard negatives: weight each in-batch negative by softmax(beta * logit) over its row's negatives "
+            "(hardness-weighted InfoNCE); 0 turns it off. Default: the checkpoint's, or 0 for a new model."
+        },
+    )
     meta_controller: bool = field(
         default=False,
         metadata={
@@ -112,6 +131,8 @@ class DataTrainingArguments(DataArguments):
 # retrieval, saving) stays under 10. It takes every held-out retrieval direction from ~0.01 to 0.3-0.5 recall@1 and
 # over 0.9 recall@10. Every one can be overridden on the command line.
 TRAINING_DEFAULTS = dict(
+    # Train, then measure (`--do_train false`: measure the checkpoint only, as transformers' examples' --do_eval).
+    do_train=True,
     # 64 pairs per process: enough in-batch negatives to learn from, small enough for ~0.6 s steps on a CPU.
     per_device_train_batch_size=64,
     per_device_eval_batch_size=64,
@@ -130,7 +151,10 @@ TRAINING_DEFAULTS = dict(
     # Evaluation reports the contrastive loss only; retrieval is measured separately over the whole split.
     prediction_loss_only=True,
     report_to="none",
-    dataloader_num_workers=0,
+    # Images and audio are decoded and processed by the collator, in these worker processes: on a GPU machine the
+    # cores left over (so the data keeps up with the GPU), on a CPU-only one none (training already uses every core).
+    dataloader_num_workers=dataloader_workers(),
+    dataloader_persistent_workers=dataloader_workers() > 0,
     # Pinned memory only speeds up copies to a GPU; without one, torch warns about it at every epoch.
     dataloader_pin_memory=torch.cuda.is_available(),
 )
@@ -157,6 +181,8 @@ def main(argv=None):
     # 2. Data: splits with `caption` and `image` and/or `audio` (and `label` for the built-in data).
     towers = tower_configs(model_args)
     splits, dataset_name, dataset_type = load_splits(data_args, training_args, image_size_of(towers["vision"]))
+    # Files stay undecoded until the collator reads them (in the DataLoader's workers), at the size the model needs.
+    splits = {split_name: undecoded(split) for split_name, split in splits.items()}
     train_split, eval_split = splits["train"], splits.get("validation")
     retrieval_split_name = check_splits(splits, dataset_name, training_args, measured="retrieval")
     modalities = tuple(name for name in ("image", "audio") if name in train_split.column_names)
@@ -173,8 +199,8 @@ def main(argv=None):
     model = build_model(model_args, processor.tokenizer)
     logger.info("Model: %s", describe_model(model))
 
-    # 5. Retrieval on the held-out split before training: the baseline the trained numbers are read against; only on
-    # a gallery large enough for recall@k to mean something.
+    # 5. Retrieval on the held-out split before training: the baseline the trained numbers are read against (with
+    # --do_train false, the evaluation itself); only on a gallery large enough for recall@k to mean something.
     retrieval_split = splits[retrieval_split_name]
     gallery = RetrievalGallery.of(retrieval_split, retrieval_split_name, data_args.min_retrieval_gallery)
     (logger.info if gallery.measured else logger.warning)(gallery.note)
@@ -183,6 +209,12 @@ def main(argv=None):
         retrieval_metrics, processor=processor, dataset=retrieval_split, modalities=modalities,
         batch_size=training_args.per_device_eval_batch_size,
     )  # fmt: skip
+    if not training_args.do_train:
+        metrics = measure(model, desc="Retrieval") if gallery.measured else {}
+        if training_args.should_log:
+            print(format_recall_table(None, metrics, gallery) if gallery.measured else gallery.note)
+        save_evaluation_results(training_args, metrics)
+        return metrics
     baseline = measure(model, desc="Retrieval before") if gallery.measured else {}
 
     # 6. Training, stopped at the first non-finite loss or gradient (and before saving non-finite weights).
@@ -235,6 +267,7 @@ def main(argv=None):
         dataset_type=dataset_type,
         dataset_split=retrieval_split_name,
         evaluation_note=gallery.note,
+        evaluation_protocol=PROTOCOL,
         hyperparameters=hyperparameters(model_args, trainer, modalities),
         base_model=model_args.model_name_or_path,
         modalities=("text", *modalities),
@@ -249,16 +282,28 @@ def main(argv=None):
 def parse_args(argv):
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
     parser.set_defaults(**TRAINING_DEFAULTS)
-    model_args, data_args, training_args = parse_script_args(
-        parser, argv, default_output_dir=lambda known: f"outputs/run_clip-{known.preset}"
-    )
+    model_args, data_args, training_args = parse_script_args(parser, argv, default_output_dir=default_output_dir)
     encoders = (model_args.text_encoder, model_args.vision_encoder, model_args.audio_encoder)
     if model_args.model_name_or_path and any(encoders):
         raise ValueError(
             "--model_name_or_path continues an mm checkpoint, which has its own towers; drop --text_encoder/"
             "--vision_encoder/--audio_encoder, or drop --model_name_or_path to compose a new model from them."
         )
+    if not training_args.do_train and not (model_args.model_name_or_path or any(encoders)):
+        raise ValueError(
+            "--do_train false evaluates a trained model: pass --model_name_or_path (an mm checkpoint) or the "
+            "--*_encoder towers to score."
+        )
+    if model_args.hard_negative_beta is not None and model_args.hard_negative_beta < 0:
+        raise ValueError(f"--hard_negative_beta must be >= 0 (0: off), got {model_args.hard_negative_beta}.")
     return model_args, data_args, training_args
+
+
+def default_output_dir(known):
+    """outputs/run_clip-<preset> for a training run, outputs/run_clip-eval-<checkpoint name> for an evaluation."""
+    if known.do_train:
+        return f"outputs/run_clip-{known.preset}"
+    return f"outputs/run_clip-eval-{Path(known.model_name_or_path or 'encoders').name}"
 
 
 # ------------------------------------------------------------------------------------------------ processor & model
@@ -305,12 +350,14 @@ def build_model(model_args, tokenizer):
                 f"{model_args.model_name_or_path} was trained with loss_type={model.config.loss_type!r}; continuing it "
                 f"with --loss_type {model_args.loss_type} is not supported. Drop --loss_type or start a new model."
             )
+        if model_args.hard_negative_beta is not None:
+            model.config.hard_negative_beta = model_args.hard_negative_beta
         vocab_size = model.config.text_config.vocab_size
         if len(tokenizer) > vocab_size:
             raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the model's vocabulary only {vocab_size}.")
         return model
 
-    overrides = {"loss_type": model_args.loss_type or "clip"}
+    overrides = {"loss_type": model_args.loss_type or "clip", "hard_negative_beta": model_args.hard_negative_beta or 0}
     if not model_args.text_encoder:
         special = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("pad", "bos", "eos")}
         overrides["text_config"] = {"vocab_size": len(tokenizer), **{k: v for k, v in special.items() if v is not None}}
@@ -325,19 +372,26 @@ def build_model(model_args, tokenizer):
 
 
 def format_recall_table(before, after, gallery):
+    """The retrieval figures of each direction: recall@1/5/10 (before -> after training, or as measured when
+    `before` is None), mAP and nDCG@10."""
+    width = 18 if before is not None else 10
     lines = [
         gallery.note,
-        "recall@k: before -> after training",
-        f"{'':<13}" + "".join(f"{f'recall@{k}':>18}" for k in RECALL_AT),
+        "recall@k: before -> after training" if before is not None else "Retrieval of the checkpoint",
+        f"{'':<13}" + "".join(f"{f'recall@{k}':>{width}}" for k in RECALL_AT) + f"{'mAP':>8}{'nDCG@10':>9}",
     ]
-    for query, gallery in DIRECTIONS:
-        if metric_name(1, query, gallery) not in after:
+    for query, gallery_modality in DIRECTIONS:
+        direction = f"{query}->{gallery_modality}"
+        if metric_name(1, query, gallery_modality) not in after:
             continue
         cells = [
-            f"{before[metric_name(k, query, gallery)]:.3f} -> {after[metric_name(k, query, gallery)]:.3f}"
-            for k in RECALL_AT
+            (f"{before[name]:.3f} -> " if before is not None else "") + f"{after[name]:.3f}"
+            for name in (metric_name(k, query, gallery_modality) for k in RECALL_AT)
         ]
-        lines.append(f"{query + '->' + gallery:<13}" + "".join(f"{cell:>18}" for cell in cells))
+        lines.append(
+            f"{direction:<13}" + "".join(f"{cell:>{width}}" for cell in cells)
+            + f"{after[f'mAP {direction}']:>8.3f}{after[f'nDCG@10 {direction}']:>9.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -353,6 +407,7 @@ def hyperparameters(model_args, trainer, modalities):
         or f"{model_args.preset} preset, from scratch",
         "modalities": ", ".join(("text", *modalities)),
         "loss": trainer.model.config.loss_type,
+        "hard-negative beta": trainer.model.config.hard_negative_beta,
         "contrastive batch (global)": args.per_device_train_batch_size * args.world_size,
         **trainer_hyperparameters(trainer),
     }

@@ -59,8 +59,8 @@ from training_mm.script_arguments import (
 from training_mm.splits import check_splits, load_splits
 from training_mm.trainer_steps import train_and_collect_losses, trainer_hyperparameters
 from training_mm.collators import ContrastiveCollator
-from training_mm.hub import describe_model, write_model_card
-from training_mm.lora import MODALITY_TOWERS, build_lora_config, count_parameters, format_parameter_counts
+from training_mm.hub import CardFacts, describe_model, write_model_card
+from training_mm.lora import MODALITY_TOWERS, build_lora_config
 from training_mm.nonfinite_guard import NonFiniteGuardCallback, check_finite_weights
 from training_mm.retrieval import MIN_GALLERY, RetrievalGallery, retrieval_metrics
 from training_mm.safe_loading import from_pretrained_safetensors
@@ -188,10 +188,11 @@ def main(argv=None):
         modules_to_save=fully_trained_modules(model) if task == "classification" else None,
     )
     model = get_peft_model(model, lora_config)
-    trainable, total = count_parameters(model)
+    trainable, total = model.get_nb_trainable_parameters()
     targets = f"the {', '.join(towers)} tower(s)" if towers else f"the modules matching {model_args.target_modules!r}"
     in_full = f"; trained in full: {', '.join(lora_config.modules_to_save)}" if lora_config.modules_to_save else ""
-    print(f"LoRA on {len(model.targeted_module_names)} layers of {targets}{in_full}: {format_parameter_counts(model)}")
+    print(f"LoRA on {len(model.targeted_module_names)} layers of {targets}{in_full}:")
+    model.print_trainable_parameters()
 
     # 6. Training, stopped at the first non-finite loss or gradient (and before saving non-finite weights).
     trainer = Trainer(
@@ -235,13 +236,8 @@ def main(argv=None):
             check_finite_weights(merged, merge_dir, synchronize=False)  # this process alone writes it
             merged.save_pretrained(merge_dir)
             processor.save_pretrained(merge_dir)
-            write_model_card(
-                merge_dir,
-                model_name=merge_dir.name,
-                repo_id=merge_dir.name,
-                model_description=describe_model(merged),
-                **card,
-            )
+            facts = CardFacts(merge_dir.name, repo_id=merge_dir.name, model_description=describe_model(merged), **card)
+            write_model_card(merge_dir, facts)
             logger.info("Wrote the merged model, processor and model card to %s", merge_dir)
     push_output_folder(output, training_args, what="the adapter in ")
     return metrics

@@ -314,7 +314,11 @@ class MMModel(MMPreTrainedModel):
         global_ids = gather_no_grad(group_ids)
         positives = global_ids[:, None] == global_ids[None, :]
         loss_fn = CONTRASTIVE_LOSSES[self.config.loss_type]
-        losses = [loss_fn(global_embeds[a] @ global_embeds[b].t() * scale + bias, positives) for a, b in pairs]
+        beta = getattr(self.config, "hard_negative_beta", 0.0)  # absent from configs saved before the option
+        losses = [
+            loss_fn(global_embeds[a] @ global_embeds[b].t() * scale + bias, positives, hard_negative_beta=beta)
+            for a, b in pairs
+        ]
         losses = torch.stack(losses)
         pair_weights = getattr(self.config, "contrastive_pair_weights", None)  # e.g. set by the meta-controller
         if not pair_weights:

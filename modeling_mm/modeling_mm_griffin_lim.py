@@ -47,10 +47,6 @@ class MMMelSpectrogram(nn.Module):
             self._tensors[device] = tuple(tensor.to(device) for tensor in (filters, inverse, window))
         return self._tensors[device]
 
-    def frames_of(self, num_samples):
-        """Frames of a clip of `num_samples` (centred frames, one every `hop_length` samples)."""
-        return num_samples // self.hop_length + 1
-
     def forward(self, waveform):
         """(B, N) float waveform -> (B, frames, num_mel_bins) natural-log mel magnitudes."""
         filters, _, window = self._filters(waveform.device)

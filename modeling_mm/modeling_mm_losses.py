@@ -57,21 +57,47 @@ def gather_no_grad(tensor):
     return torch.cat(parts, dim=0)
 
 
-def clip_loss(logits, positives):
+def hardness_weights(logits, positives, beta, dim):
+    """Weights of the negatives along `dim` (detached): `n_neg * softmax(beta * logits)` over each row's (dim=1) or
+    column's (dim=0) negatives, 1 for positives; with `beta=0`, all ones.
+
+    The hardness-weighted InfoNCE of Robinson et al., "Contrastive Learning with Hard Negative Samples" (ICLR 2021):
+    a negative the model finds similar counts more, one it already separates counts less, and the weights keep the
+    negatives' total (so the loss stays on the plain loss's scale). Positives (every item sharing a group id, e.g.
+    an identical caption) are never weighted: they are not negatives.
+    """
+    negatives = ~positives
+    scores = (beta * logits.detach()).masked_fill(positives, float("-inf"))
+    count = negatives.sum(dim, keepdim=True).clamp(min=1).to(logits.dtype)
+    weights = scores.softmax(dim).nan_to_num(0.0) * count  # a row without negatives: softmax of all -inf is NaN
+    return torch.where(negatives, weights, torch.ones_like(weights))
+
+
+def clip_loss(logits, positives, hard_negative_beta=0.0):
     """Symmetric InfoNCE with soft targets spread evenly over each row's (and column's) positives.
 
     `logits` (N, M) scaled similarities, `positives` (N, M) bool. With one positive per row this is CLIP's loss.
+    With `hard_negative_beta > 0`, each negative's term in the softmax's denominator is weighted by its hardness
+    (`hardness_weights`), which adds the log of its weight to its logit.
     """
     targets = positives.to(logits.dtype)
-    row_loss = -(targets / targets.sum(1, keepdim=True) * logits.log_softmax(dim=1)).sum(1).mean()
-    col_loss = -(targets / targets.sum(0, keepdim=True) * logits.log_softmax(dim=0)).sum(0).mean()
+    row_logits = col_logits = logits
+    if hard_negative_beta:
+        row_logits = logits + hardness_weights(logits, positives, hard_negative_beta, dim=1).log()
+        col_logits = logits + hardness_weights(logits, positives, hard_negative_beta, dim=0).log()
+    row_loss = -(targets / targets.sum(1, keepdim=True) * row_logits.log_softmax(dim=1)).sum(1).mean()
+    col_loss = -(targets / targets.sum(0, keepdim=True) * col_logits.log_softmax(dim=0)).sum(0).mean()
     return (row_loss + col_loss) / 2
 
 
-def siglip_loss(logits, positives):
-    """SigLIP's pairwise sigmoid loss: every (i, j) is a binary problem, +1 for positives, -1 otherwise."""
+def siglip_loss(logits, positives, hard_negative_beta=0.0):
+    """SigLIP's pairwise sigmoid loss: every (i, j) is a binary problem, +1 for positives, -1 otherwise; with
+    `hard_negative_beta > 0` each negative pair's term is weighted by its hardness within its row."""
     signs = 2 * positives.to(logits.dtype) - 1
-    return -nn.functional.logsigmoid(signs * logits).sum() / logits.shape[0]
+    terms = nn.functional.logsigmoid(signs * logits)
+    if hard_negative_beta:
+        terms = terms * hardness_weights(logits, positives, hard_negative_beta, dim=1)
+    return -terms.sum() / logits.shape[0]
 
 
 CONTRASTIVE_LOSSES = {"clip": clip_loss, "siglip": siglip_loss}

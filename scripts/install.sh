@@ -31,6 +31,7 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   # On a GPU machine, install the torch build for your CUDA first and this step is skipped.
   "$PY" -m pip install -q "torch==${MM_TORCH_VERSION:-2.13.0}"
 fi
-# serve: mm-serve, mm-index, mm-export (FastAPI, FAISS, ONNX Runtime, Selenium for the page's browser test);
-# bench: the optimizers the meta-controller benchmark compares with (its tests build them too).
+# dev: the tests' tools (pytest, librosa, Selenium for the page's browser test, hadolint); serve: mm-serve, mm-index,
+# mm-export (FastAPI, FAISS, ONNX Runtime);
+# bench: the optimizers the meta-controller benchmark compares with (its tests build them too), the serving load generator.
 "$PY" -m pip install -q -e ".[dev,serve,bench]"

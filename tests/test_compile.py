@@ -1,4 +1,4 @@
-"""The forward passes compile as one graph: no graph breaks under torch.compile (issue 6).
+"""The forward passes compile as one graph: no graph breaks under torch.compile.
 
 `torch._dynamo.explain` traces the forward the way `torch.compile(fullgraph=True)` would, without running
 inductor, so the test stays fast on CPU. A graph break would cost speed on every step (a return to Python, a

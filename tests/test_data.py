@@ -9,10 +9,15 @@ import pytest
 import soundfile as sf
 from datasets import DatasetDict, IterableDatasetDict
 from PIL import Image
-from testers import require_espeak
+import torch
+from testers import require_espeak, tiny_processor
 
 from training_mm import synthetic_data
-from training_mm.data import SAMPLING_RATE, decode_audio, filter_unreadable, load_user_dataset, resample
+from training_mm import data_workers
+from training_mm.audio_decoding import resample, resample_column
+from training_mm.data_workers import ROWS_PER_STREAM_SHARD
+from training_mm.data import SAMPLING_RATE, decode_audio, filter_unreadable, load_user_dataset
+from training_mm.media_inputs import media_inputs, open_image
 from training_mm.synthetic_data import COLOURS, HELD_OUT, build_synthetic_dataset, write_folder
 
 
@@ -319,3 +324,107 @@ def test_a_validation_split_is_carved_from_train_by_its_size(tmp_path, rows, val
     (tmp_path / "pairs.jsonl").write_text(table)
     splits = load_user_dataset(str(tmp_path / "pairs.jsonl"))
     assert (len(splits["train"]), len(splits["validation"])) == (rows - validation, validation)
+
+
+# ------------------------------------------------------------------------------------------- the data path at speed
+
+
+def _photo(path, size=(640, 480), seed=0):
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+    Image.fromarray(pixels).resize(size, Image.BICUBIC).save(path, quality=90)
+
+
+def test_a_jpeg_is_decoded_at_the_size_the_model_needs_and_gives_the_same_batch(tmp_path):
+    """The collator decodes an undecoded JPEG at the smallest DCT scale that still covers the processor's size (for
+    32-pixel images, a 640x480 photo is read at 80x60), and the batch is the one a full decode gives, up to
+    resampling differences."""
+    _photo(tmp_path / "photo.jpg")
+    value = {"bytes": None, "path": str(tmp_path / "photo.jpg")}
+    assert open_image(value, shortest_edge=32).size == (80, 60)
+    assert open_image(value).size == (640, 480)
+    processor = tiny_processor()
+    full = media_inputs([{"image": Image.open(value["path"])}], "image", processor)["images"]
+    reduced = media_inputs([{"image": value}], "image", processor)["images"]
+    full, reduced = (processor(images=images, return_tensors="pt")["pixel_values"] for images in (full, reduced))
+    assert full.shape == reduced.shape == (1, 3, 32, 32)
+    assert (full - reduced).abs().mean() < 0.05  # normalised pixels span about 4
+
+
+def test_the_parallel_check_catches_truncated_files_and_keeps_trailing_bytes(tmp_path, caplog):
+    """The cheap check (1/8-scale JPEG decode, PNG checksums, PCM headers) finds what a full decode finds: a JPEG cut
+    short, a PNG with a damaged chunk; a JPEG with bytes after its end (as some cameras write) is fine. Run in two
+    processes, it reports the rows by their index in the dataset."""
+    files = []
+    for index in range(6):
+        _photo(tmp_path / f"{index}.jpg", size=(64, 48), seed=index)
+        files.append(f"{index}.jpg")
+    jpeg = (tmp_path / "1.jpg").read_bytes()
+    (tmp_path / "1.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (tmp_path / "3.jpg").write_bytes((tmp_path / "3.jpg").read_bytes() + b"camera trailer")
+    Image.new("RGB", (16, 16), "red").save(tmp_path / "4.png")
+    png = bytearray((tmp_path / "4.png").read_bytes())
+    png[-20] ^= 0xFF  # inside the IDAT chunk: its checksum no longer matches
+    (tmp_path / "4.png").write_bytes(bytes(png))
+    files[4] = "4.png"
+    rows = datasets.Dataset.from_dict(
+        {"image": [str(tmp_path / name) for name in files], "caption": [f"photo {i}" for i in range(6)]}
+    ).cast_column("image", datasets.Image())
+    with caplog.at_level(logging.WARNING):
+        kept = filter_unreadable(rows, num_proc=2)
+    assert kept["caption"] == ["photo 0", "photo 2", "photo 3", "photo 5"]
+    assert "skipped 2 of 6 rows" in caplog.text
+    assert "row 1: unreadable image" in caplog.text and "row 4: unreadable image" in caplog.text
+
+
+def test_a_file_damaged_since_the_last_check_is_checked_again_not_taken_from_the_cache(tmp_path, caplog):
+    _write_files(tmp_path / "train", 3)
+    (tmp_path / "train" / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": f"{i}.png", "caption": f"picture {i}"}) + "\n" for i in range(3))
+    )
+    train = load_user_dataset(str(tmp_path))["train"]
+    assert len(filter_unreadable(train)) == len(train)
+    (tmp_path / "train" / "1.png").write_bytes(b"damaged")
+    with caplog.at_level(logging.WARNING):
+        assert len(filter_unreadable(train)) == len(train) - 1
+    assert "1.png': cannot identify image file" in caplog.text
+
+
+def test_audio_at_another_rate_is_resampled_once_ahead_of_training(tmp_path):
+    tone = np.sin(2 * np.pi * 440 * np.arange(22050) / 22050).astype(np.float32)
+    sf.write(tmp_path / "slow.wav", tone, 22050)
+    sf.write(tmp_path / "ready.wav", tone[:16000], SAMPLING_RATE)
+    table = "".join(json.dumps({"audio": name, "caption": name}) + "\n" for name in ("slow.wav", "ready.wav"))
+    (tmp_path / "pairs.jsonl").write_text(table)
+    train = load_user_dataset(str(tmp_path / "pairs.jsonl"))["train"]
+    ready = train.cast_column("audio", datasets.Audio(decode=False))
+    resampled = resample_column(ready)
+    for before, after in zip(ready, resampled):
+        wave, rate = decode_audio(after["audio"])
+        assert rate == SAMPLING_RATE and np.allclose(wave, decode_audio(before["audio"], SAMPLING_RATE)[0], atol=1e-6)
+        assert after["audio"]["path"] == before["audio"]["path"]
+        if before["caption"] == "ready.wav":
+            assert after["audio"] == before["audio"]  # already at the rate: left as it is
+
+
+def test_a_local_stream_has_a_shard_per_dataloader_worker_and_every_row_is_read_once(tmp_path):
+    _write_files(tmp_path / "files", 1)
+    rows = 2 * ROWS_PER_STREAM_SHARD
+    table = "".join(json.dumps({"image": "files/0.png", "caption": f"picture {i}"}) + "\n" for i in range(rows))
+    (tmp_path / "pairs.jsonl").write_text(table)
+    splits = load_user_dataset(str(tmp_path / "pairs.jsonl"), streaming=True)
+    checked = filter_unreadable(splits["train"])
+    assert splits["train"].num_shards == checked.num_shards == 2
+    loader = torch.utils.data.DataLoader(checked, batch_size=None, num_workers=2, collate_fn=lambda row: row["caption"])
+    captions = list(loader)
+    assert sorted(captions) == sorted(row["caption"] for row in splits["train"])  # read in this process, in order
+    assert len(captions) == len(set(captions)) == rows - len(list(splits["validation"]))
+
+
+def test_dataloader_workers_default_to_the_spare_cores_per_gpu_and_none_on_a_cpu(monkeypatch):
+    monkeypatch.setattr(data_workers, "available_cpus", lambda: 16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for gpus, workers in ((1, 8), (2, 7), (8, 1)):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda gpus=gpus: gpus)
+        assert data_workers.dataloader_workers() == workers
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert data_workers.dataloader_workers() == 0

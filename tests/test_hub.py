@@ -24,13 +24,13 @@ from safetensors.numpy import save_file
 from configuration_mm import MMConfig
 from modeling_mm import MMForConditionalGeneration, MMModel
 import training_mm.hub as hub_module
-from training_mm.hub import SYNTHETIC_DATASET, describe_model, push_folder_to_hub, write_model_card
+from training_mm.hub import SYNTHETIC_DATASET, CardFacts, describe_model, push_folder_to_hub, write_model_card
 
 METRICS = {"recall@1 image->text": 0.4375, "recall@1 text->image": np.float32(0.40625), "eval_loss": 1.0986}
 HYPERPARAMETERS = {"learning_rate": 5e-4, "per_device_train_batch_size": 8, "num_train_epochs": 2, "seed": 0}
 
 
-def card_kwargs(**overrides):
+def card_facts(**overrides):
     kwargs = dict(
         model_name="mm-tiny",
         metrics=METRICS,
@@ -41,7 +41,7 @@ def card_kwargs(**overrides):
         hyperparameters=HYPERPARAMETERS,
         model_description={"Architecture": "MMModel", "Parameters": "12,345"},
     )
-    return {**kwargs, **overrides}
+    return CardFacts(**{**kwargs, **overrides})
 
 
 def make_export_folder(path, weights_seed=0):
@@ -52,7 +52,7 @@ def make_export_folder(path, weights_seed=0):
     (path / "config.json").write_text('{"model_type": "mm", "auto_map": {"AutoModel": "modeling_mm.MMModel"}}\n')
     (path / "modeling_mm.py").write_text("class MMModel:\n    pass\n")
     (path / "preprocessor_config.json").write_text('{"image_size": 32}\n')
-    write_model_card(path, **card_kwargs())
+    write_model_card(path, card_facts())
     return path
 
 
@@ -131,7 +131,7 @@ def read_front_matter(readme_path):
 
 
 def test_model_card_metadata_holds_the_measured_metrics(tmp_path):
-    write_model_card(tmp_path, **card_kwargs())
+    write_model_card(tmp_path, card_facts())
     expected = {name: float(value) for name, value in METRICS.items()}
 
     data = ModelCard.load(tmp_path / "README.md").data
@@ -150,7 +150,7 @@ def test_model_card_metadata_holds_the_measured_metrics(tmp_path):
 
 
 def test_model_card_tables_show_the_run_values(tmp_path):
-    card = write_model_card(tmp_path, **card_kwargs(repo_id="mm-org/mm-tiny"))
+    card = write_model_card(tmp_path, card_facts(repo_id="mm-org/mm-tiny"))
     text = card.text
     for name in METRICS:
         assert f"| {name} |" in text
@@ -166,7 +166,7 @@ def test_model_card_tables_show_the_run_values(tmp_path):
 
 
 def test_model_card_without_metrics_has_no_model_index(tmp_path):
-    write_model_card(tmp_path, **card_kwargs(metrics=None, dataset_type="mm-org/captions"))
+    write_model_card(tmp_path, card_facts(metrics=None, dataset_type="mm-org/captions"))
     metadata = read_front_matter(tmp_path / "README.md")
     assert "model-index" not in metadata
     assert metadata["datasets"] == ["mm-org/captions"]
@@ -174,12 +174,10 @@ def test_model_card_without_metrics_has_no_model_index(tmp_path):
 
 
 def test_adapter_card_names_its_base_model_and_peft(tmp_path):
-    card = write_model_card(
-        tmp_path,
-        **card_kwargs(
-            task_type="image-to-text", is_adapter=True, base_model="mm-org/mm-base", modalities=("text", "image")
-        ),
+    facts = card_facts(
+        task_type="image-to-text", is_adapter=True, base_model="mm-org/mm-base", modalities=("text", "image")
     )
+    card = write_model_card(tmp_path, facts)
     data = ModelCard.load(tmp_path / "README.md").data
     assert data.base_model == "mm-org/mm-base"
     assert data.library_name == "peft"
@@ -200,8 +198,9 @@ def test_adapter_card_names_its_base_model_and_peft(tmp_path):
     ],
 )
 def test_model_card_rejects_bad_input(tmp_path, overrides, error, match):
+    template_path = overrides.pop("template_path", None)
     with pytest.raises(error, match=match):
-        write_model_card(tmp_path, **card_kwargs(**overrides))
+        write_model_card(tmp_path, card_facts(**overrides), template_path)
     assert not (tmp_path / "README.md").exists()
 
 
@@ -257,4 +256,4 @@ def test_a_regular_install_ships_the_card_template(tmp_path, monkeypatch):
     monkeypatch.setattr(hub_module, "_TEMPLATE_CANDIDATES", (tmp_path / "no-checkout" / "model_card.md", installed))
     folder = tmp_path / "model"
     folder.mkdir()
-    assert "## [installed] " in write_model_card(folder, **card_kwargs()).text
+    assert "## [installed] " in write_model_card(folder, card_facts()).text

@@ -1,4 +1,4 @@
-"""Attention for long inputs (issue 17): local, block-sparse and linear attention, chosen per tower in the config.
+"""Attention for long inputs: local, block-sparse and linear attention, chosen per tower in the config.
 
 Each variant is checked against a dense reference of the same pattern, against full attention where it must be
 exact, on padded batches, under torch.compile (no graph breaks), in a short training run, and as saved remote code.

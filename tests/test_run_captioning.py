@@ -4,9 +4,11 @@ run into; plus the caption metrics it reports."""
 
 import json
 
+import evaluate
 import pytest
 from huggingface_hub import ModelCard
 
+import training_mm.caption_metrics
 from testers import TINY_RUN
 from training_mm.caption_metrics import bleu, caption_metrics, cider_d, tokenize
 from training_mm.synthetic_data import write_folder
@@ -83,6 +85,21 @@ def test_cider_d_matches_the_coco_toolkit():
     ]
     assert cider_d(predictions, references) == pytest.approx(5.162790989383594, rel=1e-12)
     assert bleu(predictions, references) == pytest.approx(64.50001140844256, rel=1e-9)
+
+
+def test_caption_metrics_load_offline_as_an_evaluate_module(monkeypatch, tmp_path):
+    """The scripts' caption scores are an `evaluate` metric that loads from its file, with the Hub unreachable, and
+    gives the same numbers batch by batch as in one call."""
+    monkeypatch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", True)
+    monkeypatch.setattr(evaluate.config, "HF_MODULES_CACHE", tmp_path / "modules")
+    predictions = ["a red circle on the left", "three stars", "a green square"]
+    references = [["a red circle on the left", "there is a red circle"], ["three blue stars"], ["a green square"]]
+    metric = evaluate.load(training_mm.caption_metrics.__file__)
+    metric.add_batch(predictions=predictions[:2], references=references[:2])
+    metric.add_batch(predictions=predictions[2:], references=references[2:])
+    scores = metric.compute()
+    assert scores == pytest.approx(caption_metrics(predictions, references), rel=1e-12)
+    assert scores["cider"] == pytest.approx(cider_d(predictions, references), rel=1e-12) and scores["bleu"] > 0
 
 
 def test_caption_metrics_rank_better_captions_higher_and_check_their_input():

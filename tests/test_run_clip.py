@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard
 
 from testers import NUM_EVAL, NUM_TRAIN, TINY_RUN, run_clean, tiny_processor, tiny_tokenizer
 from training_mm.collators import ContrastiveCollator, group_ids
-from training_mm.retrieval import recall_at_k
+from training_mm.retrieval import PROTOCOL, recall_at_k
 from training_mm.synthetic_data import write_folder
 
 import run_clip
@@ -84,7 +84,7 @@ def test_builtin_run_reports_recall_and_writes_a_hub_folder(trained, builtin_dat
             assert 0.0 <= recalls[0] <= recalls[1] <= recalls[2] <= 1.0  # more neighbours can only find more hits
         # The printed table: one row per direction, before -> after for k = 1, 5, 10.
         row = next(line for line in printed.splitlines() if line.startswith(direction))
-        assert row.split()[1:] == [
+        assert row.split()[1:10] == [
             f"{metrics[f'{prefix}recall@{k} {direction}']:.3f}" if prefix is not None else "->"
             for k in (1, 5, 10)
             for prefix in ("baseline ", None, "")
@@ -100,7 +100,11 @@ def test_builtin_run_reports_recall_and_writes_a_hub_folder(trained, builtin_dat
     # The card reports the numbers this run measured, not constants.
     card = ModelCard.load(output_dir / "README.md")
     reported = {result.metric_name: result.metric_value for result in card.data.eval_results}
-    assert reported == pytest.approx({name: value for name, value in metrics.items() if name.startswith("recall@")})
+    measured = {name: value for name, value in metrics.items() if "->" in name and not name.startswith("baseline")}
+    assert {name.split()[0] for name in measured} == {"recall@1", "recall@5", "recall@10", "mAP", "nDCG@10"}
+    assert reported == pytest.approx(measured)
+    # model-index names the data, the split and the protocol of every figure.
+    assert {(r.dataset_split, r.metric_config) for r in card.data.eval_results} == {("test", PROTOCOL)}
     assert "synthetic" in card.text.lower()
     distinct = len(set(builtin_data["test"]["label"]))  # scenes repeat: fewer than the NUM_EVAL rows
     assert f"Retrieval on the held-out `test` split: a gallery of {distinct} distinct items ({NUM_EVAL} rows)" in (
@@ -213,7 +217,8 @@ print(json.dumps(classify({str(tmp_path / "query.png")!r}, candidate_labels=labe
 
 def test_csv_of_paths_and_captions_with_missing_column_error_and_streaming(builtin_data, tmp_path):
     """A CSV of image paths (relative to it) and captions, under other column names; a wrong name is an error that
-    lists the columns there are; streamed, the run needs --max_steps (and here trains with the SigLIP loss)."""
+    lists the columns there are; streamed, the run needs --max_steps (and here trains with the SigLIP loss, its
+    images decoded in a DataLoader worker)."""
     rows = ["path,text"]
     for index, row in enumerate(builtin_data["train"]):
         row["image"].save(tmp_path / f"{index}.png")
@@ -232,7 +237,7 @@ def test_csv_of_paths_and_captions_with_missing_column_error_and_streaming(built
 
     streamed = run_clip.main(
         [*TINY, "--dataset_name", csv, "--image_column", "path", "--caption_column", "text", "--streaming",
-         "--loss_type", "siglip", "--output_dir", str(tmp_path / "c")]  # fmt: skip
+         "--loss_type", "siglip", "--dataloader_num_workers", "1", "--output_dir", str(tmp_path / "c")]  # fmt: skip
     )
     assert "recall@1 text->image" in streamed
     assert json.loads((tmp_path / "c" / "config.json").read_text())["loss_type"] == "siglip"

@@ -1,4 +1,5 @@
-"""Caption metrics: corpus BLEU (sacrebleu) and CIDEr-D, each candidate scored against one or more references.
+"""Caption metrics: corpus BLEU (sacrebleu) and CIDEr-D, each candidate scored against one or more references, as an
+`evaluate` metric (`CaptionMetrics`) that needs no download.
 
 CIDEr-D (Vedantam, Zitnick & Parikh, "CIDEr: Consensus-based Image Description Evaluation", CVPR 2015) is written
 here, following the COCO caption toolkit's scorer (`pycocoevalcap/cider/cider_scorer.py`) step for step, including
@@ -6,6 +7,10 @@ its 10x scale, so the numbers compare with published ones. pycocoevalcap itself 
 ~100 MB of Java jars (METEOR, SPICE, the Stanford tokenizer) around this one pure-Python scorer, and it was last
 released in 2020. Its `PTBTokenizer` needs Java; here the text is lower-cased and split into words without
 punctuation, which is what that tokenizer does to plain English captions.
+
+`evaluate.load("bleu")` and the Hub's CIDEr modules are downloaded when loaded; this file is a local metric module
+instead: `evaluate.load("<path to>/caption_metrics.py")` loads it offline (it imports nothing from mm), and the
+example scripts compute their scores through it.
 
 Example:
 ```python
@@ -20,18 +25,46 @@ import math
 import re
 from collections import Counter
 
+import datasets
+import evaluate
 import sacrebleu
 
+# The protocol in a line, for the model card's `model-index` (each result's metric_config).
+PROTOCOL = (
+    "one greedy/beam caption per unique image/clip; corpus BLEU-4 (sacrebleu, 13a) and CIDEr-D (10x scale) against "
+    "all of the item's reference captions"
+)
 CIDER_MAX_N = 4  # n-grams of 1..4 words
 CIDER_SIGMA = 6.0  # width of CIDEr-D's Gaussian length penalty, in words
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 
+class CaptionMetrics(evaluate.Metric):
+    """BLEU and CIDEr-D of captions as an `evaluate` metric: `compute(predictions=[str], references=[[str]])` or
+    `add_batch` per batch, then `compute()`."""
+
+    def _info(self):
+        return evaluate.MetricInfo(
+            description="Corpus BLEU (sacrebleu, 13a tokenization, 0-100) and CIDEr-D (COCO caption toolkit's scorer, "
+            "0 to ~10) of captions against one or more reference captions each.",
+            citation="Vedantam, Zitnick & Parikh, CIDEr: Consensus-based Image Description Evaluation, CVPR 2015.",
+            inputs_description="predictions: one caption per item; references: a non-empty list of captions per item.",
+            features=datasets.Features(
+                {"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}
+            ),
+        )
+
+    def _compute(self, predictions, references):
+        return {"bleu": bleu(predictions, references), "cider": cider_d(predictions, references)}
+
+
 def caption_metrics(predictions, references):
     """Corpus BLEU (sacrebleu, 0-100) and CIDEr-D (COCO scale: 10x the mean cosine similarity, so 0 to ~10) of
-    `predictions` (one string per item) against `references` (a list of reference strings per item)."""
+    `predictions` (one string per item) against `references` (a list of reference strings per item), computed by
+    `CaptionMetrics` (in memory: nothing is written to the metrics cache)."""
     _check(predictions, references)
-    return {"bleu": bleu(predictions, references), "cider": cider_d(predictions, references)}
+    metric = CaptionMetrics(keep_in_memory=True)
+    return metric.compute(predictions=list(predictions), references=[list(refs) for refs in references])
 
 
 def bleu(predictions, references):

@@ -12,11 +12,10 @@ Example:
 
 from collections import defaultdict
 
-import torch
 from datasets import IterableDataset
-from tqdm.auto import tqdm
 
-from .data import SAMPLING_RATE, decode_audio
+from .evaluation import run_in_batches
+from .media_inputs import media_inputs
 
 # The pipeline task (and the model card's task) of a captioner, by the modality it captions from.
 PIPELINE_TASKS = {"image": "image-to-text", "audio": "automatic-speech-recognition"}
@@ -31,20 +30,10 @@ class CaptioningCollator:
         self.modality = modality
 
     def __call__(self, rows):
-        batch = self.processor(
-            text=[row["caption"] for row in rows], return_tensors="pt", **media_inputs(rows, self.modality)
-        )
-        batch = dict(batch)
+        media = media_inputs(rows, self.modality, self.processor)
+        batch = dict(self.processor(text=[row["caption"] for row in rows], return_tensors="pt", **media))
         batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         return batch
-
-
-def media_inputs(rows, modality):
-    """The processor arguments for the image or audio of `rows`."""
-    if modality == "image":
-        return {"images": [row["image"] for row in rows]}
-    audio = [decode_audio(row["audio"], sampling_rate=SAMPLING_RATE)[0] for row in rows]
-    return {"audio": audio, "sampling_rate": SAMPLING_RATE}
 
 
 def reference_captions(rows, split):
@@ -59,22 +48,15 @@ def reference_captions(rows, split):
     return [by_label[row["label"]] for row in rows]
 
 
-@torch.no_grad()
 def generate_captions(model, processor, rows, modality, batch_size, generate_kwargs):
     """Greedy (or beam) captions of `rows`' images or audio, as strings."""
-    parameter = next(model.parameters())
-    was_training = model.training
-    model.eval()
-    captions = []
-    try:
-        for start in tqdm(range(0, len(rows), batch_size), desc="Captioning", unit="batch"):
-            inputs = processor(return_tensors="pt", **media_inputs(rows[start : start + batch_size], modality))
-            inputs = {
-                key: value.to(parameter.device, parameter.dtype if value.is_floating_point() else value.dtype)
-                for key, value in inputs.items()
-            }
-            sequences = model.generate(**inputs, **generate_kwargs)
-            captions += [text.strip() for text in processor.batch_decode(sequences, skip_special_tokens=True)]
-    finally:
-        model.train(was_training)
-    return captions
+
+    def collate(chunk):
+        return processor(return_tensors="pt", **media_inputs(chunk, modality, processor))
+
+    def step(model, batch):
+        sequences = model.generate(**batch, **generate_kwargs)
+        return [text.strip() for text in processor.batch_decode(sequences, skip_special_tokens=True)]
+
+    batches = run_in_batches(model, rows, collate, step, batch_size, desc="Captioning")
+    return [caption for batch in batches for caption in batch]

@@ -12,7 +12,7 @@ import torch
 from datasets import IterableDataset
 from transformers import TrainerCallback
 
-from .data import SAMPLING_RATE, decode_audio
+from .media_inputs import media_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -184,10 +184,7 @@ class ClassificationCollator:
     def _process(self, name, rows):
         if name == "text":
             return dict(self.processor(text=[row["caption"] for row in rows], return_tensors="pt"))
-        if name == "image":
-            return dict(self.processor(images=[row["image"] for row in rows], return_tensors="pt"))
-        audio = [decode_audio(row["audio"], sampling_rate=SAMPLING_RATE)[0] for row in rows]
-        return dict(self.processor(audio=audio, sampling_rate=SAMPLING_RATE, return_tensors="pt"))
+        return dict(self.processor(**media_inputs(rows, name, self.processor), return_tensors="pt"))
 
 
 def _has(row, modality):

@@ -11,7 +11,7 @@ import torch
 from configuration_mm.configuration_mm import MODALITIES
 from modeling_mm.modeling_mm_losses import hash_powers, text_group_ids
 
-from .data import SAMPLING_RATE, decode_audio
+from .media_inputs import media_inputs
 
 # The modalities besides text that a row can carry, each in the column of that name.
 MEDIA = tuple(name for name in MODALITIES if name != "text")
@@ -40,7 +40,8 @@ class ContrastiveCollator:
     """Turns a list of rows into one processor batch with `group_ids` and `return_loss=True`.
 
     Args:
-        processor (`MMProcessor`): tokenizes `caption`, prepares `image` and decodes + featurizes `audio`.
+        processor (`MMProcessor`): tokenizes `caption`, prepares `image` and featurizes `audio`, both decoded by
+            `media_inputs.media_inputs` (so in the DataLoader's workers, when it has some).
         modalities (`tuple[str]`): which of "image" and "audio" to use besides the text; a column left out here is
             ignored even if rows have it (e.g. an audio column with a model that has no use for it).
         label_column (`str` or None): rows with equal values here are positives of each other; without it (or when
@@ -66,11 +67,8 @@ class ContrastiveCollator:
 
     def __call__(self, rows):
         inputs = {"text": [row["caption"] for row in rows], "return_tensors": "pt"}
-        if "image" in self.modalities:
-            inputs["images"] = [row["image"] for row in rows]
-        if "audio" in self.modalities:
-            inputs["audio"] = [decode_audio(row["audio"], sampling_rate=SAMPLING_RATE)[0] for row in rows]
-            inputs["sampling_rate"] = SAMPLING_RATE
+        for modality in self.modalities:
+            inputs.update(media_inputs(rows, modality, self.processor))
         batch = dict(self.processor(**inputs))
         if self.label_column and all(row.get(self.label_column) is not None for row in rows):
             batch["group_ids"] = group_ids([row[self.label_column] for row in rows])

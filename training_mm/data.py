@@ -1,4 +1,7 @@
-"""User data for the mm training examples: load a dataset from wherever it lives, decode its audio, drop bad rows.
+"""User data for the mm training examples: load a dataset from wherever it lives, in the columns mm reads.
+
+Decoding audio is `audio_decoding`'s concern, dropping bad rows `unreadable_rows`'; `decode_audio`, `SAMPLING_RATE`
+and `filter_unreadable` are importable from here too.
 
 Every loader returns the same shape of data: splits `train` and `validation` (plus any other split the source
 has) with the columns `caption` (str) and `image` (`datasets.Image`) and/or `audio` (a `{"bytes", "path"}`
@@ -12,31 +15,26 @@ plain struct `AUDIO_STRUCT`; its values are the same `{"bytes", "path"}` dicts.
 """
 
 import hashlib
-import io
 import logging
-import math
 import os
-from functools import partial
 from itertools import islice
 from pathlib import Path
 
 import datasets
-import numpy as np
 from datasets import Audio, DatasetDict, Image, IterableDataset, IterableDatasetDict, Value
 from datasets.packaged_modules.audiofolder.audiofolder import AudioFolder
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
-from datasets.utils import tqdm as hf_tqdm  # datasets' own bar: off after `datasets.disable_progress_bars()`
-from PIL import Image as PILImage
 
-from processing_mm.feature_extraction_mm import read_audio
+# Decoding and bad rows live in their own modules; these names are imported from here by the scripts.
+from .audio_decoding import SAMPLING_RATE, decode_audio  # noqa: F401
+from .data_workers import files_state, map_processes, stream_shards
+from .media_inputs import undecoded
+from .unreadable_rows import filter_unreadable  # noqa: F401
+
+from .dataset_formats import ITEM_COLUMN, detect_format, read_dataset_format
 
 
 logger = logging.getLogger(__name__)
-
-# The rate MMFeatureExtractor requires; everything that hands audio to the model resamples to it.
-SAMPLING_RATE = 16_000
-
-RESAMPLE_PADDING = 1024  # zeros after a clip before its FFT (see `resample`)
 
 AUDIO_STRUCT = {"bytes": Value("binary"), "path": Value("string")}
 
@@ -58,80 +56,25 @@ VALIDATION_FRACTION = 0.05
 MIN_VALIDATION_ROWS = 100
 MAX_VALIDATION_ROWS = 1000
 
-MAX_REASONS_LOGGED = 5
-STREAMING_LOG_EVERY = 10_000
-
-
-# ---------------------------------------------------------------------------------------------- audio
-
-
-def resample(audio, orig_sr, target_sr):
-    """Resample a mono float signal by FFT: keep the spectrum below the lower Nyquist, invert at the new length.
-
-    Hand-written because scipy and librosa are not mm dependencies and `datasets` resamples only through
-    torchcodec. Linear interpolation (`np.interp`) would fold everything above the new Nyquist back into the
-    band; this is band-limited, exact in rate (the padded length is a whole number of `orig_sr/target_sr`
-    periods), O(n log n), and the top 10% of the kept band is rolled off with a raised cosine so a brick-wall
-    edge does not ring.
-
-    >>> tone = np.sin(2 * np.pi * 440 * np.arange(22050) / 22050).astype(np.float32)
-    >>> resample(tone, 22050, 16000).shape
-    (16000,)
-    """
-    audio = np.asarray(audio, dtype=np.float32)
-    if orig_sr == target_sr:
-        return audio
-    period = orig_sr // math.gcd(orig_sr, target_sr)  # input samples per whole number of output samples
-    # Zero padding keeps the FFT's circular wrap-around from bleeding the end of the clip into its start.
-    num_in = math.ceil((len(audio) + RESAMPLE_PADDING) / period) * period
-    num_out = num_in * target_sr // orig_sr
-    spectrum = np.fft.rfft(audio, n=num_in)
-    bins = min(len(spectrum), num_out // 2 + 1)
-    rolloff = np.clip((1 - np.arange(bins) / (bins - 1)) / 0.1, 0, 1)  # 0 at the top bin, 1 below 90%
-    spectrum = spectrum[:bins] * (0.5 - 0.5 * np.cos(np.pi * rolloff))
-    out = np.fft.irfft(spectrum, n=num_out) * (num_out / num_in)
-    return out[: len(audio) * target_sr // orig_sr].astype(np.float32)
-
-
-def decode_audio(value, sampling_rate=None):
-    """Decode one audio value to `(mono float32 array, sampling rate)` with soundfile, never torchcodec.
-
-    `value` may be an `Audio(decode=False)` dict (`{"bytes": wav_bytes or None, "path": str}`), a file path,
-    an `(array, sampling_rate)` pair or a `{"array", "sampling_rate"}` dict. Multi-channel audio is averaged
-    to mono. With `sampling_rate` set, the audio is resampled to it.
-
-    >>> wave, rate = decode_audio((np.zeros(22050, dtype=np.float32), 22050), sampling_rate=16000)
-    >>> wave.shape, rate
-    ((16000,), 16000)
-    """
-    if isinstance(value, tuple):
-        array, rate = value
-    elif isinstance(value, dict) and "array" in value:
-        array, rate = value["array"], value["sampling_rate"]
-    else:
-        source = value
-        if isinstance(value, dict):
-            source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
-        if source is None:
-            raise ValueError(f"An audio value needs 'bytes' or 'path', got {value!r}.")
-        array, rate = read_audio(source)  # mono
-    array = np.asarray(array, dtype=np.float32)
-    if array.ndim == 2:
-        array = array.mean(axis=0)
-    if sampling_rate is not None and rate != sampling_rate:
-        array, rate = resample(array, rate, sampling_rate), sampling_rate
-    return array, int(rate)
-
 
 # ---------------------------------------------------------------------------------------------- loading
 
 
 def load_user_dataset(
-    dataset_name, *, image_column=None, caption_column="caption", audio_column=None, streaming=False, keep_columns=()
+    dataset_name,
+    *,
+    image_column=None,
+    caption_column="caption",
+    audio_column=None,
+    streaming=False,
+    keep_columns=(),
+    dataset_format="auto",
 ):
     """Load captioned images and/or audio for training, from a local path or the Hub.
 
     `dataset_name` is, in the order checked:
+    - a benchmark in its published layout (Karpathy JSON, AudioCaps or Clotho CSVs; `dataset_format` names it, `auto`
+      recognises it), read by `training_mm.dataset_formats` with its own splits and a `label` column (the item);
     - a `save_to_disk` folder (it holds `dataset_dict.json` or `state.json`);
     - a folder in imagefolder/audiofolder layout: `metadata.jsonl` or `metadata.csv` at its root (one `train`
       split) or in `train/`, `validation/` (or `valid/`, `dev/`) and `test/` subfolders;
@@ -157,7 +100,10 @@ def load_user_dataset(
     """
     dataset_name = os.fspath(dataset_name)
     path = Path(dataset_name).expanduser()
-    if path.is_dir() and any((path / name).is_file() for name in ("dataset_dict.json", "state.json")):
+    if layout := detect_format(path, dataset_format):
+        splits = read_dataset_format(path, layout)
+        keep_columns = tuple(dict.fromkeys((*keep_columns, ITEM_COLUMN)))
+    elif path.is_dir() and any((path / name).is_file() for name in ("dataset_dict.json", "state.json")):
         splits = datasets.load_from_disk(str(path))
         splits = splits if isinstance(splits, DatasetDict) else DatasetDict(train=splits)
     elif path.is_dir():
@@ -392,16 +338,29 @@ def drop_shared_rows(splits, held_out=("validation", "test")):
 
 
 def _row_fingerprints(dataset, name):
-    """A digest of each row's caption and media contents (a file's bytes, not its path)."""
+    """A digest of each row's caption and media contents (a file's bytes, not its path), computed in parallel
+    processes for a large split (a cached `map`, as the validity check)."""
     columns = [column for column in ("caption", "image", "audio") if column in dataset.column_names]
-    rows = _undecoded(dataset.select_columns(columns), "image", "audio")
-    fingerprints = []
-    for row in hf_tqdm(rows, total=len(dataset), desc=f"Comparing {name} with train", unit=" rows"):
-        digest = hashlib.blake2b(str(row["caption"]).encode(), digest_size=16)
-        for column in columns[1:]:
-            digest.update(b"\0" + _media_bytes(row[column]))
-        fingerprints.append(digest.digest())
-    return fingerprints
+    rows = undecoded(dataset.select_columns(columns))
+    return rows.map(
+        _fingerprints,
+        batched=True,
+        fn_kwargs={"media": columns[1:], "files": files_state(rows, columns[1:])},
+        remove_columns=columns,
+        num_proc=map_processes(len(rows)),
+        desc=f"Comparing {name} with train",
+    )["fingerprint"]
+
+
+def _fingerprints(batch, media, files):
+    """`files` (`data_workers.files_state`) is not read: it keys the map's cache on the files' state."""
+    digests = []
+    for index, caption in enumerate(batch["caption"]):
+        digest = hashlib.blake2b(str(caption).encode(), digest_size=16)
+        for column in media:
+            digest.update(b"\0" + _media_bytes(batch[column][index]))
+        digests.append(digest.digest())
+    return {"fingerprint": digests}
 
 
 def _media_bytes(value):
@@ -419,126 +378,5 @@ def _media_bytes(value):
 def _to_iterable(split):
     if "audio" in split.column_names:
         split = split.cast_column("audio", AUDIO_STRUCT)  # see the module docstring
-    return split.to_iterable_dataset()
-
-
-# ---------------------------------------------------------------------------------------------- bad rows
-
-
-def filter_unreadable(dataset, image_column="image", audio_column="audio", caption_column="caption"):
-    """Drop rows whose image or audio cannot be decoded, is empty or holds non-finite values, or whose caption is
-    empty, and say so in the log.
-
-    Logs `skipped N of M rows: <first reasons>` as a warning; raises `ValueError` ("all N rows unreadable: <first
-    reasons>") when no row is left. Pass `None` for a column to not check it; a
-    column the dataset lacks is not checked either. A `Dataset` is checked now; an `IterableDataset` as it
-    is read, with a warning every 10,000 rows that found bad ones and one at the end of each pass.
-
-    >>> clean = filter_unreadable(load_user_dataset("my_photos/")["train"])  # doctest: +SKIP
-    """
-    present = set(dataset.column_names)
-    problem = partial(
-        _problem,
-        image_column=image_column if image_column in present else None,
-        audio_column=audio_column if audio_column in present else None,
-        caption_column=caption_column if caption_column in present else None,
-    )
-    if isinstance(dataset, IterableDataset):
-        rows = _undecoded(dataset, image_column, audio_column)
-        # `features` decodes the images again on the way out: the filter itself must see their raw bytes.
-        return IterableDataset.from_generator(
-            _readable_rows, gen_kwargs={"rows": rows, "problem": problem}, features=dataset.features
-        )
-    checked = [name for name in (image_column, audio_column, caption_column) if name in present]
-    rows = _undecoded(dataset.select_columns(checked), image_column, audio_column)
-    rows = hf_tqdm(rows, total=len(dataset), desc="Checking for unreadable rows", unit=" rows")
-    reasons = {index: reason for index, reason in enumerate(map(problem, rows)) if reason}
-    if reasons:
-        described = [f"row {index}: {reason}" for index, reason in reasons.items()]
-        if len(reasons) == len(dataset):
-            raise ValueError(_all_unreadable(len(dataset), described))
-        _log_skipped(len(reasons), len(dataset), described)
-        dataset = dataset.select([index for index in range(len(dataset)) if index not in reasons])
-    return dataset
-
-
-def _undecoded(dataset, image_column, audio_column):
-    """The dataset with images (and `Audio` columns) left as bytes/paths, so a corrupt file cannot raise."""
-    features = dataset.features or {}
-    if isinstance(features.get(image_column), Image):
-        dataset = dataset.cast_column(image_column, Image(decode=False))
-    if isinstance(features.get(audio_column), Audio):
-        dataset = dataset.cast_column(audio_column, Audio(decode=False))
-    return dataset
-
-
-def _readable_rows(rows, problem):
-    """Yield the readable rows of a stream, warning periodically and at the end about the skipped ones; a pass that
-    found none readable is an error."""
-    seen, reasons, logged = 0, [], 0
-    for seen, row in enumerate(rows, start=1):
-        reason = problem(row)
-        if reason:
-            reasons.append(f"row {seen - 1}: {reason}")
-        else:
-            yield row
-        if seen % STREAMING_LOG_EVERY == 0 and len(reasons) > logged:
-            _log_skipped(len(reasons), seen, reasons, so_far=True)
-            logged = len(reasons)
-    if reasons and len(reasons) == seen:
-        raise ValueError(_all_unreadable(seen, reasons))
-    if reasons:
-        _log_skipped(len(reasons), seen, reasons)
-
-
-def _log_skipped(skipped, total, reasons, so_far=False):
-    logger.warning("skipped %d of %d rows%s: %s", skipped, total, " so far" if so_far else "", _first(reasons))
-
-
-def _all_unreadable(total, reasons):
-    return (
-        f"all {total} rows unreadable, so there is nothing to train or measure on: {_first(reasons)}. Check the "
-        "files the image/audio columns name and the caption column (--caption_column)."
-    )
-
-
-def _first(reasons):
-    return "; ".join(reasons[:MAX_REASONS_LOGGED]) + ("; ..." if len(reasons) > MAX_REASONS_LOGGED else "")
-
-
-def _problem(row, *, image_column, audio_column, caption_column):
-    """Why `row` is unusable, in a few words, or None when it is fine. A column set to None is not checked."""
-    if caption_column and not (isinstance(row[caption_column], str) and row[caption_column].strip()):
-        return f"empty caption {row[caption_column]!r}"
-    # Decoders raise almost anything on garbage input (OSError, ValueError, SyntaxError, struct.error, ...);
-    # whatever it is, the row is unreadable and the reason says why.
-    if image_column:
-        try:
-            image = _open_image(row[image_column])
-            image.load()
-        except Exception as err:
-            return f"unreadable image {_describe(row[image_column])}: {err}"
-        if 0 in image.size:
-            return f"empty image {_describe(row[image_column])} ({image.width}x{image.height})"
-        if image.mode == "F" and not np.isfinite(np.asarray(image)).all():  # PIL's only floating-point mode
-            return f"image {_describe(row[image_column])} holds NaN or infinite values"
-    if audio_column:
-        try:
-            wave = decode_audio(row[audio_column])[0]
-        except Exception as err:
-            return f"unreadable audio {_describe(row[audio_column])}: {err}"
-        if wave.size == 0:
-            return f"empty audio {_describe(row[audio_column])}"
-        if not np.isfinite(wave).all():
-            return f"audio {_describe(row[audio_column])} holds NaN or infinite values"
-    return None
-
-
-def _open_image(value):
-    if value is None:
-        raise ValueError("no image")
-    return PILImage.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
-
-
-def _describe(value):
-    return repr(value.get("path") or "<bytes>") if isinstance(value, dict) else repr(value)
+    # Several shards, so that each DataLoader worker reads (and decodes) its own part of the stream.
+    return split.to_iterable_dataset(num_shards=stream_shards(len(split)))

@@ -1,19 +1,20 @@
 """Sharing a trained mm checkpoint on the Hugging Face Hub: its model card, and the upload.
 
-`write_model_card` renders the repository's `model_card.md` into the export folder's README.md, with the
-Hub metadata (license, tags, pipeline tag, base model, and a `model-index` holding the metrics the run
+`write_model_card` renders the repository's `model_card.md` with a `CardFacts` into the export folder's README.md,
+with the Hub metadata (license, tags, pipeline tag, base model, and a `model-index` holding the metrics the run
 measured). `push_folder_to_hub` uploads that folder, refusing to overwrite a repository that already
 has files unless asked to.
 
 Example:
 ```python
->>> from training_mm.hub import describe_model, push_folder_to_hub, write_model_card
+>>> from training_mm.hub import CardFacts, describe_model, push_folder_to_hub, write_model_card
 >>> model.save_pretrained("out"); processor.save_pretrained("out")
->>> write_model_card(
-...     "out", model_name="mm-small", metrics={"recall@1 image->text": 0.41},
-...     task_type="zero-shot-image-classification", dataset_name="mm synthetic", dataset_type="synthetic",
-...     hyperparameters={"learning_rate": 5e-4}, model_description=describe_model(model),
+>>> facts = CardFacts(
+...     model_name="mm-small", task_type="zero-shot-image-classification", model_description=describe_model(model),
+...     metrics={"recall@1 image->text": 0.41}, dataset_name="mm synthetic", dataset_type="synthetic",
+...     hyperparameters={"learning_rate": 5e-4},
 ... )
+>>> write_model_card("out", facts)
 >>> push_folder_to_hub("out", "my-org/mm-small")
 ```
 """
@@ -22,6 +23,7 @@ import logging
 import math
 import re
 import sys
+from dataclasses import dataclass
 from importlib import metadata
 from numbers import Real
 from pathlib import Path
@@ -40,6 +42,7 @@ _TEMPLATE_CANDIDATES = (
     Path(__file__).resolve().parent.parent / "model_card.md",
     Path(sys.prefix) / "share" / "mm" / "model_card.md",
 )
+LICENSE = "apache-2.0"
 # `dataset_type` of the package's built-in synthetic data: the card then says so, and lists no Hub dataset.
 SYNTHETIC_DATASET = "synthetic"
 # Tower attributes worth a line in the card, in reading order (those a config lacks are skipped).
@@ -114,62 +117,67 @@ def _describe_tower(config):
     return ", ".join(f"{label} {getattr(config, attr)}" for attr, label in _TOWER_FIELDS if hasattr(config, attr))
 
 
-def write_model_card(
-    folder,
-    *,
-    model_name,
-    task_type,
-    model_description,
-    metrics=None,
-    dataset_name=None,
-    dataset_type=None,
-    hyperparameters=None,
-    base_model=None,
-    is_adapter=False,
-    library_name=None,
-    pipeline_tag=None,
-    modalities=MODALITIES,
-    license="apache-2.0",
-    dataset_split=None,
-    evaluation_note=None,
-    repo_id=None,
-    template_path=None,
-    classification_tasks=None,
-):
-    """Renders `model_card.md` into `folder/README.md` and returns the `ModelCard`.
+@dataclass
+class CardFacts:
+    """What a model card says about a checkpoint and the run that made it; checked when made.
 
     Args:
-        folder: the export folder (it must exist); README.md is (over)written there.
         model_name: the card's title and the `model-index` name.
+        task_type: the checkpoint's task and the card's `pipeline_tag`, e.g. "zero-shot-image-classification",
+            "zero-shot-audio-classification", "image-to-text", "automatic-speech-recognition".
+        model_description (`dict[str, str]`): the summary table, normally `describe_model(model)`.
         metrics (`dict[str, float]` or None): what the run measured, e.g. `{"recall@1 image->text": 0.41}`.
             Each entry becomes one `EvalResult` (metric type and name = the key) and one table row.
-        task_type: e.g. "zero-shot-image-classification", "zero-shot-audio-classification", "image-to-text".
         dataset_name, dataset_type: a readable name and the Hub dataset id (or `SYNTHETIC_DATASET`, or a local
             path) of the data trained and evaluated on. Only a Hub id is listed in the `datasets` metadata. None
             (`model.push_to_hub`, which knows the model but not its run): the card says the data was not recorded.
-        hyperparameters (`dict`): rendered as the hyper-parameter table, e.g. from `TrainingArguments`.
-        model_description (`dict[str, str]`): the summary table, normally `describe_model(model)`.
-        base_model: the Hub id the model was finetuned from; required for adapters.
-        is_adapter: a PEFT/LoRA adapter: adds the `peft`/`lora` tags and a `library_name` of "peft".
-        library_name, pipeline_tag: default to "transformers" ("peft" for adapters) and `task_type`.
-        modalities: the towers the checkpoint has, each tagged.
         dataset_split: the split the metrics were measured on, if any.
         evaluation_note: a sentence on what the evaluation measured on, or why it did not (e.g. the retrieval
             gallery's size, `training_mm.retrieval.RetrievalGallery.note`), shown above the results.
+        evaluation_protocol: how the metrics were measured, in a line (e.g. `training_mm.retrieval.PROTOCOL`); the
+            `metric_config` of each `model-index` result, next to its dataset and split.
+        hyperparameters (`dict`): rendered as the hyper-parameter table, e.g. from `TrainingArguments`.
+        base_model: the Hub id the model was finetuned from; required for adapters.
+        is_adapter: a PEFT/LoRA adapter: adds the `peft`/`lora` tags and a `library_name` of "peft".
+        modalities: the towers the checkpoint has, each tagged.
         repo_id: the Hub id used in the card's code snippets (defaults to `model_name`).
-        template_path: a card template to use instead of the repository's `model_card.md`.
         classification_tasks (`dict`, *optional*): an `MMForClassification`'s `config.task_specs()`; the card then
             lists each task and its labels and shows the classification snippets.
     """
+
+    model_name: str
+    task_type: str
+    model_description: dict
+    metrics: dict | None = None
+    dataset_name: str | None = None
+    dataset_type: str | None = None
+    dataset_split: str | None = None
+    evaluation_note: str | None = None
+    evaluation_protocol: str | None = None
+    hyperparameters: dict | None = None
+    base_model: str | None = None
+    is_adapter: bool = False
+    modalities: tuple = MODALITIES
+    repo_id: str | None = None
+    classification_tasks: dict | None = None
+
+    def __post_init__(self):
+        if self.is_adapter and not self.base_model:
+            raise ValueError("An adapter's card needs base_model: the Hub id of the model the adapter attaches to.")
+        unknown = [m for m in self.modalities if m not in MODALITIES]
+        if unknown or not self.modalities:
+            raise ValueError(
+                f"modalities must be a non-empty subset of {list(MODALITIES)}, got {list(self.modalities)!r}."
+            )
+        self.metrics = _checked_metrics(self.metrics or {})
+
+
+def write_model_card(folder, facts, template_path=None):
+    """Renders `model_card.md` (or `template_path`) with `facts` (a `CardFacts`) into `folder/README.md`, which must
+    be an existing folder, and returns the `ModelCard`."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"Cannot write a model card into {folder}: not a folder; save the model there first.")
-    if is_adapter and not base_model:
-        raise ValueError("An adapter's card needs base_model: the Hub id of the model the adapter attaches to.")
-    unknown = [m for m in modalities if m not in MODALITIES]
-    if unknown or not modalities:
-        raise ValueError(f"modalities must be a non-empty subset of {list(MODALITIES)}, got {list(modalities)!r}.")
-    metrics = _checked_metrics(metrics or {})
     if template_path is None:
         template_path = next((path for path in _TEMPLATE_CANDIDATES if path.is_file()), _TEMPLATE_CANDIDATES[0])
     template_path = Path(template_path)
@@ -180,55 +188,55 @@ def write_model_card(
             "`pip install -e .` from its repository) or pass template_path=."
         )
 
-    tags = ["mm", "custom_code", *modalities] + (["peft", "lora"] if is_adapter else [])
+    tags = ["mm", "custom_code", *facts.modalities] + (["peft", "lora"] if facts.is_adapter else [])
     eval_results = [
         EvalResult(
-            task_type=task_type,
-            dataset_type=dataset_type,
-            dataset_name=dataset_name,
-            dataset_split=dataset_split,
+            task_type=facts.task_type,
+            dataset_type=facts.dataset_type,
+            dataset_name=facts.dataset_name,
+            dataset_split=facts.dataset_split,
+            **_metric_of(name, facts.classification_tasks),
             metric_name=name,
             metric_value=value,
-            **_metric_of(name, classification_tasks),
+            metric_config=facts.evaluation_protocol,
         )
-        for name, value in metrics.items()
+        for name, value in facts.metrics.items()
     ]
+    hub_dataset = facts.dataset_type and facts.dataset_type != SYNTHETIC_DATASET and _is_hub_id(facts.dataset_type)
     card_data = ModelCardData(
-        model_name=model_name,
-        license=license,
-        library_name=library_name or ("peft" if is_adapter else "transformers"),
-        pipeline_tag=pipeline_tag or task_type,
+        model_name=facts.model_name,
+        license=LICENSE,
+        library_name="peft" if facts.is_adapter else "transformers",
+        pipeline_tag=facts.task_type,
         tags=tags,
-        datasets=[dataset_type] if dataset_type and dataset_type != SYNTHETIC_DATASET and _is_hub_id(dataset_type) else None,
-        base_model=base_model if base_model and _is_hub_id(base_model) else None,
+        datasets=[facts.dataset_type] if hub_dataset else None,
+        base_model=facts.base_model if facts.base_model and _is_hub_id(facts.base_model) else None,
         eval_results=eval_results or None,
     )
     card = ModelCard.from_template(
         card_data,
         template_path=str(template_path),
-        model_name=model_name,
-        repo=repo_id or model_name,
-        modalities=list(modalities),
-        task_type=task_type,
-        auto_class=(
-            "AutoModelForSequenceClassification" if classification_tasks else AUTO_CLASSES.get(task_type, "AutoModel")
-        ),
+        model_name=facts.model_name,
+        repo=facts.repo_id or facts.model_name,
+        modalities=list(facts.modalities),
+        task_type=facts.task_type,
+        auto_class=_auto_class(facts),
         task_rows=[
             (_cell(name), _cell(f"{spec['problem_type']}: {', '.join(spec['labels'] or []) or spec['num_labels']}"))
-            for name, spec in (classification_tasks or {}).items()
+            for name, spec in (facts.classification_tasks or {}).items()
         ],
-        is_adapter=is_adapter,
-        base_model=base_model,
-        base_model_url=f"{constants.ENDPOINT}/{base_model}" if base_model else None,
-        synthetic_data=dataset_type == SYNTHETIC_DATASET,
-        dataset_name=dataset_name,
-        dataset_type=dataset_type,
-        dataset_split=dataset_split,
-        evaluation_note=evaluation_note,
-        summary_rows=_rows(model_description),
-        hyperparameter_rows=_rows(hyperparameters or {}),
-        metric_rows=[(_cell(name), f"{value:.6g}") for name, value in metrics.items()],
-        framework_versions=_framework_versions(is_adapter),
+        is_adapter=facts.is_adapter,
+        base_model=facts.base_model,
+        base_model_url=f"{constants.ENDPOINT}/{facts.base_model}" if facts.base_model else None,
+        synthetic_data=facts.dataset_type == SYNTHETIC_DATASET,
+        dataset_name=facts.dataset_name,
+        dataset_type=facts.dataset_type,
+        dataset_split=facts.dataset_split,
+        evaluation_note=facts.evaluation_note,
+        summary_rows=_rows(facts.model_description),
+        hyperparameter_rows=_rows(facts.hyperparameters or {}),
+        metric_rows=[(_cell(name), f"{value:.6g}") for name, value in facts.metrics.items()],
+        framework_versions=_framework_versions(facts.is_adapter),
     )
     card.save(folder / "README.md")
     return card
@@ -245,14 +253,21 @@ def write_pushed_model_card(folder, model, repo_id, pipeline_tag):
     """The card `MMPreTrainedModel.push_to_hub` uploads: `write_model_card` for `model` and its `pipeline_tag`,
     without the run's metrics, data and hyper-parameters, which a model alone does not know (the example scripts
     write the full card)."""
-    return write_model_card(
-        folder,
+    facts = CardFacts(
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
         task_type=pipeline_tag,
         model_description=describe_model(model),
         modalities=_TASK_MODALITIES.get(pipeline_tag, MODALITIES),
     )
+    return write_model_card(folder, facts)
+
+
+def _auto_class(facts):
+    """The Auto class the card's usage code loads the checkpoint with."""
+    if facts.classification_tasks:
+        return "AutoModelForSequenceClassification"
+    return AUTO_CLASSES.get(facts.task_type, "AutoModel")
 
 
 def _checked_metrics(metrics):

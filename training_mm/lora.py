@@ -1,4 +1,4 @@
-"""LoRA on mm models through PEFT: which layers get adapters, the `LoraConfig`, parameter counts, optimizer memory.
+"""LoRA on mm models through PEFT: which layers get adapters, and the `LoraConfig`.
 
 Default targets are every attention projection (`q_proj`, `k_proj`, `v_proj`, `out_proj`) and MLP layer (`fc1`,
 `fc2`) of the chosen towers; in `MMForConditionalGeneration` the towers sit under `mm.` and the caption decoder's
@@ -14,15 +14,14 @@ the adapter stores their trained copies.
 Example:
 ```python
 >>> from peft import get_peft_model
->>> from training_mm.lora import build_lora_config, count_parameters
+>>> from training_mm.lora import build_lora_config
 >>> model = get_peft_model(model, build_lora_config(model, towers=("text", "vision"), r=8))  # doctest: +SKIP
->>> trainable, total = count_parameters(model)  # doctest: +SKIP
+>>> trainable, total = model.get_nb_trainable_parameters()  # PEFT's own count  # doctest: +SKIP
 ```
 """
 
 import re
 
-import torch
 from peft import LoraConfig
 from torch import nn
 
@@ -92,39 +91,3 @@ def build_lora_config(model, towers, r=8, alpha=16, dropout=0.05, target_modules
     return LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none", modules_to_save=modules_to_save
     )
-
-
-def count_parameters(model):
-    """(trainable, total) parameter counts; for a PEFT model, total includes the adapter."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total
-
-
-def format_parameter_counts(model):
-    trainable, total = count_parameters(model)
-    return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
-
-
-def optimizer_state_bytes(optimizer):
-    """Bytes held in `optimizer.state` (AdamW: `exp_avg`, `exp_avg_sq` and `step` per parameter it has updated)."""
-    return sum(
-        value.numel() * value.element_size()
-        for state in optimizer.state.values()
-        for value in state.values()
-        if torch.is_tensor(value)
-    )
-
-
-def optimizer_step_memory(model, batch, lr=1e-4):
-    """Runs one real AdamW step of `model` on `batch` (the keyword arguments of its forward, with a loss) and returns
-    `(optimizer state bytes, trainable parameter bytes)`. AdamW creates its state lazily, for the parameters that got
-    a gradient, so this counts what training actually holds, not an estimate from parameter counts."""
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=lr)
-    model.train()
-    loss = model(**batch).loss
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return optimizer_state_bytes(optimizer), sum(p.numel() * p.element_size() for p in parameters)

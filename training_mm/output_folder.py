@@ -2,6 +2,7 @@
 from, a Hub repo that already has files), and, at the end, the Hub-ready folder (model, processor, card, results
 files) and its upload."""
 
+import json
 import logging
 import shutil
 import tempfile
@@ -11,7 +12,7 @@ from pathlib import Path
 from transformers.trainer_utils import get_last_checkpoint
 
 from .checkpoints import checkpoint_problems, last_complete_checkpoint
-from .hub import check_hub_repo_is_empty, describe_model, push_folder_to_hub, write_model_card
+from .hub import CardFacts, check_hub_repo_is_empty, describe_model, push_folder_to_hub, write_model_card
 from .nonfinite_guard import advice_for, check_finite_files, check_finite_weights
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,8 @@ def resumes_inside(resume, output_dir):
 
 def save_output_folder(trainer, output, overwrite, what="model", **card):
     """Writes the Hub-ready folder: the trained model (or adapter) with its remote code and processor, and a README.md
-    model card (`training_mm.hub.write_model_card` with `card`, titled after the repo, summarising `trainer.model`).
+    model card (`training_mm.hub.write_model_card`; `card` holds the `CardFacts` fields other than the title, repo and
+    summary, which come from the repo and `trainer.model`).
 
     Checks the folder again first (another process may have written there during training); Trainer's pickled
     arguments are removed, as a Hub folder holds no pickles. Returns whether this process wrote the folder's files.
@@ -116,14 +118,14 @@ def save_output_folder(trainer, output, overwrite, what="model", **card):
     if not trainer.args.should_save:
         return False
     (output.folder / "training_args.bin").unlink(missing_ok=True)
-    write_model_card(
-        output.folder,
+    facts = CardFacts(
         model_name=output.repo_id.split("/")[-1],
         repo_id=output.repo_id,
         model_description=describe_model(trainer.model),
         **card,
     )
-    save_run_results(trainer, card.get("metrics") or {})
+    write_model_card(output.folder, facts)
+    save_run_results(trainer, facts.metrics)
     logger.info("Wrote the %s, processor and model card to %s", what, output.folder)
     return True
 
@@ -136,6 +138,19 @@ def save_run_results(trainer, metrics):
     trainer.save_metrics("train", next((entry for entry in reversed(history) if "train_runtime" in entry), {}))
     eval_losses = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
     trainer.save_metrics("eval", {**metrics, **({"eval_loss": eval_losses[-1]} if eval_losses else {})})
+
+
+def save_evaluation_results(training_args, metrics):
+    """An evaluation without training (`--do_train false`): `eval_results.json` and `all_results.json` in
+    `--output_dir` (checked like any output folder by `prepare_output`; a checkpoint's own folder is only written with
+    --overwrite_output_dir), in the form `Trainer.save_metrics` gives them in transformers' examples."""
+    if not training_args.should_save:
+        return
+    folder = Path(training_args.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("eval_results.json", "all_results.json"):
+        (folder / name).write_text(json.dumps(metrics, indent=4, sort_keys=True) + "\n")
+    logger.info("Wrote eval_results.json and all_results.json to %s", folder)
 
 
 def push_output_folder(output, training_args, what=""):

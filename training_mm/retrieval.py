@@ -1,9 +1,12 @@
-"""Cross-modal retrieval recall@k over a whole split: image->text, text->image, audio->text, text->audio.
+"""Cross-modal retrieval over a whole split by the protocol papers report (CLIP, ALIGN, and the COCO/Flickr30k,
+AudioCaps and Clotho benchmarks): image->text, text->image, audio->text, text->audio.
 
-Every item of the split is a query, and the gallery is every item of the other modality in the same split. Captions
-repeat (several images share a scene, a caption may be worded the same way twice), so a query's "correct" items are
-all those with its key, the `label` column when the split has one, else the caption itself: a hit at k is any of
-the k nearest gallery items sharing the query's key (as in CLIP-style retrieval with multiple references).
+The gallery of images (or clips) holds each one once, however many captions it has; the gallery of texts holds every
+caption. An item is what a caption describes: the `label` column when the split has one (the image or clip id of the
+benchmark formats, the scene of the built-in data), else the image or clip itself (identical files are one item). An
+image->text query is a hit at k when any of its item's captions is among the k nearest captions; a text->image query
+when an image of its item is among the k nearest images. Reported per direction: recall@1/5/10, and mAP and nDCG@10
+over the same rankings (scikit-learn's `average_precision_score` and `ndcg_score`, averaged over queries).
 
 Recall@k over a handful of items is noise (on a two-item gallery, recall@1 = 1.000 by chance half the time), so the
 examples report and publish retrieval only on a gallery of at least `MIN_GALLERY` distinct items (`RetrievalGallery`).
@@ -12,22 +15,31 @@ Example:
 ```python
 >>> from training_mm.retrieval import retrieval_metrics
 >>> retrieval_metrics(model, processor, splits["test"], modalities=("image", "audio"))  # doctest: +SKIP
-{'recall@1 image->text': 0.41, 'recall@5 image->text': 0.83, ..., 'recall@10 text->audio': 0.9}
+{'recall@1 image->text': 0.41, 'recall@5 image->text': 0.83, ..., 'nDCG@10 text->audio': 0.52}
 ```
 """
 
+import hashlib
 from dataclasses import dataclass
 
+import datasets
 import torch
-from tqdm.auto import tqdm
+from sklearn.metrics import average_precision_score, ndcg_score
 
-from .collators import ContrastiveCollator
+from .evaluation import first_rows, media_fingerprints, run_in_batches, select_rows
+from .media_inputs import media_inputs
 
 RECALL_AT = (1, 5, 10)
 # (query, gallery) pairs, in the order they are reported.
 DIRECTIONS = (("image", "text"), ("text", "image"), ("audio", "text"), ("text", "audio"))
 # Queries scored per matrix product, so a 100k-item split needs (chunk x gallery) floats at a time, not (N x N).
 QUERY_CHUNK = 1024
+NDCG_AT = 10
+# The protocol in a line, for the model card's `model-index` (each result's metric_config).
+PROTOCOL = (
+    "gallery of unique images/clips; image->text hit: any of the item's captions in the top k; text->image hit: the "
+    "caption's item in the top k"
+)
 # The fewest distinct items (keys) a gallery needs for recall@k to be reported: chance recall@10 is then 10% at most.
 MIN_GALLERY = 100
 
@@ -66,9 +78,10 @@ class RetrievalGallery:
                 f"than {self.min_gallery}, the distinct items recall@k needs to mean anything (--min_retrieval_gallery)."
             )
         return (
-            f"Retrieval on the held-out `{self.split_name}` split: a gallery of {self.distinct} distinct items{rows}; "
-            "every row is a query, and a hit is a retrieved row with the query's label (its caption where there are "
-            "no labels)."
+            f"Retrieval on the held-out `{self.split_name}` split: a gallery of {self.distinct} distinct items{rows}, "
+            "by the published protocol: each image/clip once in its gallery, every caption in the text gallery; "
+            "image->text is a hit when any of the image's captions is in the top k, text->image when its image is "
+            "(items: the `label` column, else identical files). recall@1/5/10, mAP and nDCG@10."
         )
 
 
@@ -76,39 +89,23 @@ def metric_name(k, query, gallery):
     return f"recall@{k} {query}->{gallery}"
 
 
-@torch.no_grad()
-def embed_split(model, processor, dataset, modalities, batch_size=64, label_column="label", desc="Embedding"):
-    """L2-normalised embeddings of every row of `dataset` (a `Dataset` or an `IterableDataset`) for the text and each
-    of `modalities`, plus each row's key; returns `({"text": (N, D), "image": (N, D), ...}, keys)`.
+def embed(model, processor, rows, modality, batch_size=64, desc="Embedding"):
+    """L2-normalised (N, D) embeddings of the `modality` ("text", "image" or "audio") of each of `rows`.
 
-    The embeddings come from `model(**batch)` (the root `forward`), not `get_*_features`, so a model wrapped by FSDP
-    or DeepSpeed gathers its sharded weights as it does in training.
+    They come from `model(**batch)` (the root `forward`), not `get_*_features`, so a model wrapped by FSDP or
+    DeepSpeed gathers its sharded weights as it does in training.
     """
-    collator = ContrastiveCollator(processor, modalities, label_column=None, return_loss=False)
-    names = {"text": "text_embeds", "image": "image_embeds", "audio": "audio_embeds"}
-    parameter = next(model.parameters())
-    was_training = model.training
-    model.eval()
-    embeds = {name: [] for name in ("text", *modalities)}
-    keys = []
-    try:
-        total = len(dataset) if hasattr(dataset, "__len__") else None
-        with tqdm(total=total, desc=desc, unit="item") as progress:
-            for rows in _chunks(dataset, batch_size):
-                batch = {
-                    key: value.to(parameter.device, parameter.dtype if value.is_floating_point() else value.dtype)
-                    for key, value in collator(rows).items()
-                }
-                outputs = model(**batch)
-                for name in embeds:
-                    embeds[name].append(outputs[names[name]].float().cpu())
-                keys += [_key(row, label_column) for row in rows]
-                progress.update(len(rows))
-    finally:
-        model.train(was_training)
-    if not keys:
-        raise ValueError("Cannot measure retrieval on an empty split.")
-    return {name: torch.cat(parts) for name, parts in embeds.items()}, keys
+    if modality == "text":
+        def collate(chunk):
+            return processor(text=[row["caption"] for row in chunk], return_tensors="pt")
+    else:
+        def collate(chunk):
+            return processor(return_tensors="pt", **media_inputs(chunk, modality, processor))
+
+    def step(model, batch):
+        return model(**batch)[f"{modality}_embeds"].float().cpu()
+
+    return torch.cat(run_in_batches(model, rows, collate, step, batch_size, desc=f"{desc} ({modality})"))
 
 
 def recall_at_k(queries, gallery, query_keys, gallery_keys, ks=RECALL_AT):
@@ -135,31 +132,68 @@ def recall_at_k(queries, gallery, query_keys, gallery_keys, ks=RECALL_AT):
     return {k: hits[k] / len(queries) for k in ks}
 
 
-def retrieval_metrics(model, processor, dataset, modalities, batch_size=64, label_column="label", desc="Retrieval"):
-    """recall@1/5/10 for every direction of `DIRECTIONS` whose modalities `dataset` has (text plus `modalities`).
+def ranking_metrics(queries, gallery, query_keys, gallery_keys, ndcg_at=NDCG_AT):
+    """Mean average precision and nDCG@`ndcg_at` of the rankings of `gallery` for each of `queries` (L2-normalised
+    embeddings), where a gallery item is relevant to a query with the same key; scikit-learn's
+    `average_precision_score(average="samples")` and `ndcg_score`, averaged over the queries.
 
-    Returns `{"recall@1 image->text": float, ...}` in `DIRECTIONS` order.
+    >>> e = torch.eye(3)
+    >>> ranking_metrics(e, e, ["a", "b", "c"], ["a", "b", "c"])
+    {'mAP': 1.0, 'nDCG@10': 1.0}
     """
-    embeds, keys = embed_split(model, processor, dataset, modalities, batch_size, label_column, desc)
+    ids = {key: index for index, key in enumerate(dict.fromkeys([*query_keys, *gallery_keys]))}
+    query_ids = torch.tensor([ids[key] for key in query_keys])
+    gallery_ids = torch.tensor([ids[key] for key in gallery_keys])
+    totals = {"mAP": 0.0, f"nDCG@{ndcg_at}": 0.0}
+    for start in range(0, len(queries), QUERY_CHUNK):
+        scores = (queries[start : start + QUERY_CHUNK] @ gallery.t()).numpy()  # (chunk, Ng)
+        relevant = (query_ids[start : start + QUERY_CHUNK, None] == gallery_ids[None, :]).numpy()
+        totals["mAP"] += average_precision_score(relevant, scores, average="samples") * len(scores)
+        totals[f"nDCG@{ndcg_at}"] += ndcg_score(relevant, scores, k=ndcg_at) * len(scores)
+    return {name: float(total / len(queries)) for name, total in totals.items()}
+
+
+def retrieval_metrics(model, processor, dataset, modalities, batch_size=64, label_column="label", desc="Retrieval"):
+    """recall@1/5/10, mAP and nDCG@10 by the published protocol (see the module docstring) for every direction of
+    `DIRECTIONS` whose modalities `dataset` has (text plus `modalities`).
+
+    Returns `{"recall@1 image->text": float, ..., "mAP image->text": float, "nDCG@10 image->text": float, ...}` in
+    `DIRECTIONS` order. A streamed split is read into memory (held-out splits are small).
+    """
+    rows = dataset if isinstance(dataset, datasets.Dataset) else list(dataset)
+    if not len(rows):
+        raise ValueError("Cannot measure retrieval on an empty split.")
+    captions = rows.select_columns(["caption"]) if isinstance(rows, datasets.Dataset) else rows
+    embeds = {"text": embed(model, processor, captions, "text", batch_size, desc)}
+    keys = {}
+    for modality in modalities:
+        files = media_fingerprints(rows, modality)
+        labels = _column(rows, label_column)
+        row_keys = labels if labels is not None and None not in labels else files
+        unique = first_rows(files)
+        media_rows = select_rows(rows, unique)
+        embeds[modality] = embed(model, processor, media_rows, modality, batch_size, desc)
+        keys[modality] = ([row_keys[i] for i in unique], row_keys)  # (gallery items, captions)
     metrics = {}
     for query, gallery in DIRECTIONS:
-        if query in embeds and gallery in embeds:
-            recalls = recall_at_k(embeds[query], embeds[gallery], keys, keys)
-            metrics.update({metric_name(k, query, gallery): value for k, value in recalls.items()})
+        modality = gallery if query == "text" else query
+        if modality not in keys:
+            continue
+        media_keys, text_keys = keys[modality]
+        query_keys, gallery_keys = (text_keys, media_keys) if query == "text" else (media_keys, text_keys)
+        args = (embeds[query], embeds[gallery], query_keys, gallery_keys)
+        metrics.update({metric_name(k, query, gallery): value for k, value in recall_at_k(*args).items()})
+        metrics.update({f"{name} {query}->{gallery}": value for name, value in ranking_metrics(*args).items()})
     return metrics
+
+
+def _column(rows, name):
+    if isinstance(rows, datasets.Dataset):
+        return rows[name] if name in rows.column_names else None
+    return [row.get(name) for row in rows] if all(name in row for row in rows) else None
 
 
 def _key(row, label_column):
     """What makes two items the same for retrieval: the label, else the caption."""
     return row.get(label_column) if row.get(label_column) is not None else row["caption"]
 
-
-def _chunks(rows, size):
-    chunk = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

@@ -11,6 +11,7 @@ import transformers
 from transformers import TrainingArguments
 
 from .argument_files import expand_argument_file
+from .data_workers import dataloader_workers
 
 
 @dataclass
@@ -22,6 +23,14 @@ class DataArguments:
         metadata={
             "help": "A Hub dataset, a folder in imagefolder/audiofolder layout with metadata.jsonl/.csv, a CSV/JSONL "
             "file of paths and captions, or a save_to_disk folder. Default: the built-in data."
+        },
+    )
+    dataset_format: Literal["auto", "karpathy", "audiocaps", "clotho"] = field(
+        default="auto",
+        metadata={
+            "help": "Layout of a local --dataset_name: karpathy (dataset_coco.json/dataset_flickr30k.json and the "
+            "images), audiocaps (train/val/test.csv and the clips), clotho (clotho_captions_*.csv and the audio "
+            "folders); auto recognises them by their files. Their splits are used as given."
         },
     )
     image_column: str | None = field(default=None, metadata={"help": "Image column (default: `image` if present)."})
@@ -68,6 +77,8 @@ class CaptioningTrainingArguments(TrainingArguments):
         metadata={"help": "Longest caption written at evaluation. Default: the model's (its text length)."},
     )
     generation_num_beams: int = field(default=1, metadata={"help": "Beams at evaluation (1: greedy)."})
+    # Train, then measure (`--do_train false`: measure the checkpoint only, as transformers' examples' --do_eval).
+    do_train: bool = True
     per_device_train_batch_size: int = 64
     per_device_eval_batch_size: int = 64
     learning_rate: float = 1e-3
@@ -83,7 +94,9 @@ class CaptioningTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = False
     # Evaluation during training reports the captioning loss; BLEU/CIDEr come from generation, before and after.
     prediction_loss_only: bool = True
-    dataloader_num_workers: int = 0
+    # The collator decodes images and audio in these workers (see data_workers.dataloader_workers).
+    dataloader_num_workers: int = dataloader_workers()
+    dataloader_persistent_workers: bool = dataloader_workers() > 0
 
     def generate_kwargs(self):
         """The `model.generate` arguments of the evaluation: greedy or beam search, at most

@@ -5,7 +5,9 @@ import logging
 
 from datasets import IterableDataset
 
+from .audio_decoding import resample_column
 from .data import filter_unreadable, load_user_dataset
+from .dataset_formats import detect_format, format_name
 from .hub import SYNTHETIC_DATASET
 from .synthetic_data import build_synthetic_dataset
 
@@ -37,10 +39,16 @@ def load_splits(data_args, training_args, image_size, builtin=None, keep_columns
                 audio_column=data_args.audio_column,
                 streaming=data_args.streaming,
                 keep_columns=keep_columns,
+                dataset_format=data_args.dataset_format,
             )
-            # Rows whose image/audio cannot be decoded or whose caption is empty are logged with a count and dropped.
+            # Rows whose image/audio cannot be decoded or whose caption is empty are logged with a count and dropped;
+            # audio at another rate than the model's is resampled once, here, not at every epoch. Both are cached
+            # `map`s, which the processes waiting above read instead of doing them again.
             splits = {split_name: filter_unreadable(split) for split_name, split in splits.items()}
+            splits = {split_name: resample_column(split) for split_name, split in splits.items()}
         name = dataset_type = data_args.dataset_name
+        if layout := detect_format(data_args.dataset_name, data_args.dataset_format):
+            name = f"{format_name(data_args.dataset_name, layout)} from {data_args.dataset_name}"
     splits = dict(splits)
     if data_args.max_train_samples is not None:
         train = splits["train"]

@@ -36,7 +36,7 @@ from datasets.utils import tqdm as hf_tqdm  # datasets' own bar: off after `data
 from PIL import Image as PILImage
 from PIL import ImageDraw
 
-from .data import SAMPLING_RATE, decode_audio, resample
+from .audio_decoding import SAMPLING_RATE, decode_audio, resample
 
 
 logger = logging.getLogger(__name__)
