@@ -28,6 +28,7 @@ from typing import Literal
 
 import torch
 import transformers
+from datasets import IterableDataset
 from transformers import AutoConfig, AutoImageProcessor, HfArgumentParser, Trainer, TrainingArguments
 
 from configuration_mm import MMConfig
@@ -37,6 +38,7 @@ from training_mm.processors import image_size_of, load_processor, new_processor
 from training_mm.script_arguments import DataArguments, parse_script_args, setup_logging
 from training_mm.splits import check_splits, load_splits
 from training_mm.trainer_steps import run_before_reporting, train_and_collect_losses, trainer_hyperparameters
+from training_mm.augmentation import CaptionAwareAugmentation
 from training_mm.collators import ContrastiveCollator
 from training_mm.data_workers import dataloader_workers
 from training_mm.hub import describe_model
@@ -116,6 +118,13 @@ class DataTrainingArguments(DataArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Write into a non-empty --output_dir (never done without this flag)."}
     )
+    augment: bool = field(
+        default=False,
+        metadata={
+            "help": "Train-time augmentation of the training images (training_mm.augmentation): flips that mirror "
+            "left/right in the caption, and crops that keep every shape; evaluation splits are left as they are."
+        },
+    )
     min_retrieval_gallery: int = field(
         default=MIN_GALLERY,
         metadata={
@@ -136,7 +145,9 @@ TRAINING_DEFAULTS = dict(
     # 64 pairs per process: enough in-batch negatives to learn from, small enough for ~0.6 s steps on a CPU.
     per_device_train_batch_size=64,
     per_device_eval_batch_size=64,
-    # From scratch, small towers: a high rate with a short warmup and cosine decay to zero over the 470 steps.
+    # From scratch, small towers: a high rate with a short warmup and cosine decay to zero over the 470 steps. Warmup
+    # 0.1, weight decay 0.2, learning rate 5e-4 and open_clip's AdamW settings measured no better on little data
+    # (benchmarks/bench_small_data.py, README "Learning from little data").
     learning_rate=1e-3,
     weight_decay=0.1,
     warmup_steps=0.05,
@@ -158,6 +169,9 @@ TRAINING_DEFAULTS = dict(
     # Pinned memory only speeds up copies to a GPU; without one, torch warns about it at every epoch.
     dataloader_pin_memory=torch.cuda.is_available(),
 )
+
+# `CaptionAwareAugmentation` arguments of --augment, chosen by measurement (benchmarks/bench_small_data.py).
+AUGMENT_DEFAULTS = dict(flip_probability=0.5, crop_probability=0.5, crop_scale=(0.6, 1.0))
 
 
 def main(argv=None):
@@ -228,6 +242,8 @@ def main(argv=None):
             (model_args.model_name_or_path, model_args.text_encoder, model_args.vision_encoder, model_args.audio_encoder)
         )
         callbacks.append(MetaControllerCallback(min_update_ratio=0.0 if pretrained else MIN_UPDATE_RATIO))
+    if data_args.augment:
+        train_split = augmented(train_split, modalities)
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -307,6 +323,16 @@ def default_output_dir(known):
 
 
 # ------------------------------------------------------------------------------------------------ processor & model
+
+
+def augmented(train_split, modalities):
+    """The training split with `CaptionAwareAugmentation` applied as rows are read (lazily, in the loader's workers)."""
+    if "image" not in modalities:
+        raise ValueError("--augment augments images, and this training data has none; drop --augment.")
+    augmentation = CaptionAwareAugmentation(**AUGMENT_DEFAULTS, audio_column="audio" if "audio" in modalities else None)
+    if isinstance(train_split, IterableDataset):
+        return train_split.map(augmentation, batched=True, batch_size=1)
+    return train_split.with_transform(augmentation)
 
 
 def tower_configs(model_args):

@@ -4,7 +4,6 @@ This file is Hub remote code: `save_pretrained` copies it flat next to the weigh
 `transformers`, `torch`, `numpy`, `PIL` and the standard library.
 """
 
-import math
 import os
 
 import numpy as np
@@ -13,19 +12,14 @@ import PIL.ImageOps
 import torch
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
-from transformers.processing_utils import ImagesKwargs
 
 # PIL modes that carry an alpha band; they are composited on white (see `_to_rgb`).
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
-class MMImagesKwargs(ImagesKwargs, total=False):
-    """`ImagesKwargs` plus mm's augmentation options, so `from_pretrained(..., do_augment=True)` reaches `__init__`."""
-
-    do_augment: bool
-    augment_scale: tuple[float, float]
-    augment_ratio: tuple[float, float]
-    augment_flip_prob: float
+# Options of earlier versions (a blind random crop and flip) that saved configs may still hold: dropped on load.
+# Train-time augmentation is `training_mm.augmentation`, which keeps the captions true (see docs/design.md).
+_REMOVED_OPTIONS = ("do_augment", "augment_scale", "augment_ratio", "augment_flip_prob")
 
 
 class MMImageProcessor(BaseImageProcessor):
@@ -37,21 +31,12 @@ class MMImageProcessor(BaseImageProcessor):
     clipped. Integer arrays of dtype uint16 are 16-bit; other integer arrays are 8-bit when their values fit in
     [0, 255] and 16-bit otherwise. Float arrays are taken as [0, 1], or as [0, 255] when a value exceeds 1.
 
-    With `do_augment=True` (training), the resize and center crop are replaced by a random resized crop (a random
-    region covering `augment_scale` of the area with an aspect ratio in `augment_ratio`, resized to `crop_size`) and a
-    horizontal flip with probability `augment_flip_prob`. The randomness comes from torch's global generator, which
-    `transformers.set_seed` seeds and `DataLoader` workers re-seed each, so workers do not repeat each other's crops.
-
     Args:
         size (`int` or `dict`, defaults to `{"shortest_edge": 224}`): target of the shortest edge.
         crop_size (`int` or `dict`, defaults to a square of `size`): output `{"height", "width"}`.
         resample (`int`, defaults to `PILImageResampling.BICUBIC`): PIL resampling filter.
         do_resize, do_center_crop, do_rescale, do_normalize (`bool`, default `True`): switch each step.
         rescale_factor (`float`, defaults to 1/255), image_mean, image_std (`float` or 3 floats, CLIP's defaults).
-        do_augment (`bool`, defaults to `False`): train-time random resized crop + horizontal flip.
-        augment_scale (`tuple[float, float]`, defaults to `(0.5, 1.0)`): range of the crop's share of the area.
-        augment_ratio (`tuple[float, float]`, defaults to `(3/4, 4/3)`): range of the crop's width / height.
-        augment_flip_prob (`float`, defaults to 0.5): probability of a horizontal flip.
 
     Example:
     ```python
@@ -65,7 +50,6 @@ class MMImageProcessor(BaseImageProcessor):
     """
 
     model_input_names = ["pixel_values"]
-    valid_kwargs = MMImagesKwargs
 
     def __init__(
         self,
@@ -79,13 +63,9 @@ class MMImageProcessor(BaseImageProcessor):
         do_normalize: bool = True,
         image_mean: float | list[float] | None = None,
         image_std: float | list[float] | None = None,
-        do_augment: bool = False,
-        augment_scale: tuple[float, float] = (0.5, 1.0),
-        augment_ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        augment_flip_prob: float = 0.5,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(**{name: value for name, value in kwargs.items() if name not in _REMOVED_OPTIONS})
         self.size = _size_dict(224 if size is None else size, "size")
         self.crop_size = _size_dict(self.size["shortest_edge"] if crop_size is None else crop_size, "crop_size")
         self.resample = int(resample)
@@ -96,22 +76,12 @@ class MMImageProcessor(BaseImageProcessor):
         self.do_normalize = do_normalize
         self.image_mean = list(OPENAI_CLIP_MEAN if image_mean is None else np.broadcast_to(image_mean, 3).tolist())
         self.image_std = list(OPENAI_CLIP_STD if image_std is None else np.broadcast_to(image_std, 3).tolist())
-        self.do_augment = do_augment
-        self.augment_scale = tuple(augment_scale)
-        self.augment_ratio = tuple(augment_ratio)
-        self.augment_flip_prob = augment_flip_prob
         crop = self.crop_size
         if do_resize and do_center_crop and max(crop["height"], crop["width"]) > self.size["shortest_edge"]:
             raise ValueError(
                 f"crop_size {crop} is larger than size {self.size}: the resized image would not cover the crop. "
                 "Use a crop_size no larger than size['shortest_edge']."
             )
-        if not 0 < self.augment_scale[0] <= self.augment_scale[1] <= 1:
-            raise ValueError(f"augment_scale must satisfy 0 < low <= high <= 1, got {self.augment_scale}.")
-        if not 0 < self.augment_ratio[0] <= self.augment_ratio[1]:
-            raise ValueError(f"augment_ratio must satisfy 0 < low <= high, got {self.augment_ratio}.")
-        if not 0 <= augment_flip_prob <= 1:
-            raise ValueError(f"augment_flip_prob must be in [0, 1], got {augment_flip_prob}.")
 
     def preprocess(self, images, return_tensors: str | None = None, **overrides) -> BatchFeature:
         r"""Processes one image or a list of images.
@@ -120,7 +90,7 @@ class MMImageProcessor(BaseImageProcessor):
             images: a PIL image, a numpy array or torch tensor (HWC or CHW, 3-D; or a 4-D batch), a file path, or a
                 list of these.
             return_tensors (`str`, *optional*): `"pt"` or `"np"`; `None` returns a numpy array.
-            **overrides: any `__init__` argument (e.g. `do_augment=True`) for this call only.
+            **overrides: any `__init__` argument (e.g. `size=64`) for this call only.
 
         Returns:
             `BatchFeature` with `pixel_values` of shape `(batch, 3, crop_height, crop_width)`, float32.
@@ -138,8 +108,8 @@ class MMImageProcessor(BaseImageProcessor):
         shapes = {array.shape for array in arrays}
         if len(shapes) > 1:
             raise ValueError(
-                f"Images have different sizes after processing ({sorted(shapes)}); keep do_center_crop=True (or "
-                "do_augment=True) so that every image comes out at crop_size."
+                f"Images have different sizes after processing ({sorted(shapes)}); keep do_center_crop=True so "
+                "that every image comes out at crop_size."
             )
         pixels = np.stack(arrays).astype(np.float32)  # (batch, H, W, 3)
         # Rescale and normalise in one fused multiply-add over the whole batch: x * scale + offset.
@@ -153,16 +123,9 @@ class MMImageProcessor(BaseImageProcessor):
         return BatchFeature({"pixel_values": pixel_values}, tensor_type=return_tensors)
 
     def _transform(self, image: PIL.Image.Image, index: int, options: dict) -> np.ndarray:
-        """Resize + crop (or the random resized crop) of one RGB image; returns (H, W, 3) uint8."""
+        """Resize + center crop of one RGB image; returns (H, W, 3) uint8."""
         crop_h, crop_w = options["crop_size"]["height"], options["crop_size"]["width"]
         width, height = image.size
-        if options["do_augment"]:
-            box = _random_box(width, height, options["augment_scale"], options["augment_ratio"])
-            image = image.resize((crop_w, crop_h), options["resample"], box=box)
-            if torch.rand(()).item() < options["augment_flip_prob"]:
-                image = image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
-            return np.asarray(image)
-
         new_w, new_h = width, height
         if options["do_resize"]:
             # CLIP's shortest-edge rule (`get_resize_output_image_size`, default_to_square=False).
@@ -186,7 +149,7 @@ class MMImageProcessor(BaseImageProcessor):
 
 _OPTIONS = (
     "size", "crop_size", "resample", "do_resize", "do_center_crop", "do_rescale", "rescale_factor", "do_normalize",
-    "image_mean", "image_std", "do_augment", "augment_scale", "augment_ratio", "augment_flip_prob",
+    "image_mean", "image_std",
 )
 
 
@@ -208,27 +171,6 @@ def _as_list(images) -> list:
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
         return list(images)
     return [images]
-
-
-def _random_box(width: int, height: int, scale: tuple, ratio: tuple) -> tuple:
-    """torchvision's `RandomResizedCrop.get_params`: a box with a random area share and log-uniform aspect ratio."""
-    area = width * height
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(()).item())
-        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * torch.rand(()).item())
-        w = round(math.sqrt(target_area * aspect))
-        h = round(math.sqrt(target_area / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            left = int(torch.randint(0, width - w + 1, ()).item())
-            top = int(torch.randint(0, height - h + 1, ()).item())
-            return (left, top, left + w, top + h)
-    # Fallback, as torchvision: the largest central box whose aspect ratio is within range.
-    aspect = min(max(width / height, ratio[0]), ratio[1])
-    w, h = (width, round(width / aspect)) if width / height < aspect else (round(height * aspect), height)
-    w, h = min(w, width), min(h, height)
-    left, top = (width - w) // 2, (height - h) // 2
-    return (left, top, left + w, top + h)
 
 
 def _to_rgb(image, index: int) -> PIL.Image.Image:

@@ -68,7 +68,7 @@ class MMProcessor(ProcessorMixin):
                 raises a `ValueError` instead of reaching the model's position limit.
             max_length (`int`, *optional*): text length limit in tokens, defaults to `tokenizer.model_max_length`.
             return_tensors (`str`, *optional*): `"pt"` or `"np"`.
-            images_kwargs (`dict`, *optional*): extra arguments for the image processor, e.g. `{"do_augment": True}`.
+            images_kwargs (`dict`, *optional*): extra arguments for the image processor, e.g. `{"size": 64}`.
             audio_kwargs (`dict`, *optional*): extra arguments for the feature extractor, e.g.
                 `{"padding": "max_length"}`.
             **text_kwargs: extra arguments for the tokenizer, e.g. `add_special_tokens=False`.

@@ -59,7 +59,7 @@ def open_image(value, shortest_edge=None):
 def _shortest_edge(processor):
     """The side the image processor resizes the shorter edge to, when decoding less than the full image is safe."""
     image_processor = getattr(processor, "image_processor", processor)
-    if getattr(image_processor, "do_augment", False) or not getattr(image_processor, "do_resize", True):
-        return None  # a random crop of a small region, or no resize at all, needs every source pixel
+    if not getattr(image_processor, "do_resize", True):
+        return None  # no resize at all needs every source pixel
     size = getattr(image_processor, "size", None) or {}
     return size.get("shortest_edge")
