@@ -7,8 +7,13 @@ measures the held-out test split with every subset of the modalities: all three,
 table shows `match` accuracy (the task built to need the image and a caption: chance is 0.5 from either alone),
 then the `colours` mAP and `count` RMSE with every modality; mean ± std over the seeds.
 
-    python benchmarks/bench_fusion.py --quick      # tiny preset, 1 seed, a few minutes on 2 CPU cores
+    python benchmarks/bench_fusion.py --quick --tasks match colours   # tiny preset, 1 seed: 8 runs of ~1.3 CPU-min
     python benchmarks/bench_fusion.py              # small preset, 3 seeds (hours on a CPU)
+
+The quick form is not under 5 minutes on one process: each run is 300 steps of ~0.22 CPU-s (collating and training
+the tiny preset), so split it by `--fusion_types` into two processes with `--json` and print the whole table with
+`--tables_from` (README, "Ablation", has the commands). `--tasks match colours` leaves the `count` regression out: at
+this size it crowds out the colour features `match` needs (docs/design.md, "Fusion").
 
 Every run is `run_classification.main([...])` with the arguments printed at the top, so any cell can be re-run
 alone. With `--json FILE` the raw metrics of every run are written there too.
@@ -28,22 +33,27 @@ sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
 
 import run_classification  # noqa: E402
 from training_mm.classification import modality_subsets  # noqa: E402
+from training_mm.synthetic_data import FUSION_TASKS, build_fusion_dataset  # noqa: E402
 
 FUSION_TYPES = ("late", "gated", "concat", "cross")
+BUILTIN_SPLITS = dict(num_train=2000, num_validation=300, num_test=300)  # run_classification.py's default data
 MODALITIES = ("text", "image", "audio")
-# Sizes of the two forms: (preset, train rows, test rows, optimizer steps, batch, seeds).
-QUICK = dict(preset="tiny", num_train=400, num_eval=100, max_steps=40, batch=32, seeds=1)
-FULL = dict(preset="small", num_train=2000, num_eval=300, max_steps=600, batch=32, seeds=3)
+# Sizes of the two forms: (preset, train rows, test rows, optimizer steps, batch, peak learning rate, seeds). Towers
+# trained from scratch learn nothing in a few dozen steps (every fusion type then answers the majority class): the
+# quick form trains the tiny preset for 300 steps at a high learning rate on the default 2000 rows.
+QUICK = dict(preset="tiny", num_train=2000, num_eval=300, max_steps=300, batch=32, learning_rate=3e-3, seeds=1)
+FULL = dict(preset="small", num_train=2000, num_eval=300, max_steps=600, batch=32, learning_rate=1e-3, seeds=3)
 
 
-def run_one(settings, fusion_type, modality_dropout, seed, output_dir):
+def run_one(settings, fusion_type, modality_dropout, seed, output_dir, tasks=None):
     argv = [
         "--preset", settings["preset"],
         "--num_train_samples", str(settings["num_train"]),
         "--num_eval_samples", str(settings["num_eval"]),
         "--max_steps", str(settings["max_steps"]),
         "--per_device_train_batch_size", str(settings["batch"]),
-        "--learning_rate", "1e-3",
+        "--learning_rate", str(settings["learning_rate"]),
+        "--warmup_steps", "0.05",
         "--fusion_type", fusion_type,
         "--modality_dropout", str(modality_dropout),
         "--seed", str(seed),
@@ -52,8 +62,50 @@ def run_one(settings, fusion_type, modality_dropout, seed, output_dir):
         "--logging_steps", "50",
         "--disable_tqdm", "true",
         "--output_dir", str(output_dir),
+        *(["--label_column", *tasks] if tasks else []),
     ]  # fmt: skip
     return argv, run_classification.main(argv)
+
+
+def step_cost(preset, batch=32, steps=5):
+    """CPU seconds (this process, `time.process_time`, which other processes' load does not inflate) to collate a
+    batch of the built-in fusion tasks, to run one training step of `MMForClassification` (concat, the default run's
+    model at `preset`) and to score one held-out row: what the default run's duration is estimated from."""
+    import torch
+
+    from configuration_mm import MMConfig
+    from modeling_mm import MMForClassification
+    from training_mm.classification import ClassificationCollator, infer_tasks
+    from training_mm.processors import image_size_of, new_processor
+
+    config = MMConfig.from_preset(preset)
+    data = build_fusion_dataset(image_size=image_size_of(config.vision_config), **BUILTIN_SPLITS)
+    towers = {"text": config.text_config, "vision": config.vision_config, "audio": config.audio_config}
+    processor = new_processor(towers, data["train"], None)
+    tasks = infer_tasks(data["train"], list(FUSION_TASKS))
+    tokenizer = processor.tokenizer
+    text = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+    model = MMForClassification(MMConfig.from_preset(preset, text_config=text, tasks=tasks, default_task="match"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4)
+    collator = ClassificationCollator(processor, MODALITIES, tasks)
+    rows = [data["train"][i] for i in range(batch * (steps + 1))]
+    collate = train = 0.0
+    for step in range(steps + 1):
+        start = time.process_time()
+        inputs = collator(rows[step * batch : (step + 1) * batch])
+        collate += time.process_time() - start
+        start = time.process_time()
+        model(**inputs).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if step:  # the first step warms up
+            train += time.process_time() - start
+    model.eval()
+    start = time.process_time()
+    with torch.no_grad():
+        model(**ClassificationCollator(processor, MODALITIES)(rows[:batch]))
+    score = (time.process_time() - start) / batch
+    return {"collate CPU-s/batch": collate / (steps + 1), "train step CPU-s": train / steps, "eval CPU-s/row": score}
 
 
 def mean_std(values):
@@ -73,7 +125,7 @@ def format_table(runs):
     ]
     for (fusion_type, dropout), metrics in runs.items():
         cells = [mean_std([m[f"match accuracy [{s}]"] for m in metrics]) for s in subsets]
-        cells += [mean_std([m["colours mAP"] for m in metrics]), mean_std([m["count rmse"] for m in metrics])]
+        cells += [mean_std([m[key] for m in metrics]) if key in metrics[0] else "-" for key in ("colours mAP", "count rmse")]
         lines.append(f"{fusion_type:<8}{dropout:>13}" + "".join(f"{cell:>16}" for cell in cells))
     return "\n".join(lines)
 
@@ -85,8 +137,39 @@ def main(argv=None):
     parser.add_argument("--fusion_types", nargs="+", default=list(FUSION_TYPES), choices=FUSION_TYPES)
     parser.add_argument("--modality_dropout", nargs="+", type=float, default=[0.0, 0.3])
     parser.add_argument("--max_steps", type=int, default=None, help="Override the optimizer steps of each run.")
+    parser.add_argument(
+        "--tasks", nargs="+", default=None, choices=list(FUSION_TASKS), help="Train these built-in tasks only (default: all)."
+    )
     parser.add_argument("--json", default=None, help="Also write every run's metrics to this file.")
+    parser.add_argument(
+        "--step_cost",
+        default=None,
+        choices=["tiny", "small", "base"],
+        help="Only measure the CPU time of one training step of this preset on the default built-in data (one "
+        "thread: run with OMP_NUM_THREADS=1), from which the default run's duration is estimated.",
+    )
+    parser.add_argument(
+        "--tables_from",
+        nargs="+",
+        default=None,
+        help="Print the table of the runs saved with --json in these files (e.g. parts of one ablation run as parallel "
+        "processes, split by --fusion_types) instead of running anything.",
+    )
     args = parser.parse_args(argv)
+    if args.step_cost:
+        cost = step_cost(args.step_cost)
+        print(f"{args.step_cost} preset, batch 32: " + ", ".join(f"{name} {value:.3f}" for name, value in cost.items()))
+        return cost
+    if args.tables_from:
+        raw = [run for path in args.tables_from for run in json.loads(Path(path).read_text())]
+        runs = {}
+        for run in raw:
+            cell = run["argv"]
+            key = (cell[cell.index("--fusion_type") + 1], float(cell[cell.index("--modality_dropout") + 1]))
+            runs.setdefault(key, []).append(run["metrics"])
+        print("run_classification.main arguments as in:\n  " + " ".join(raw[0]["argv"]))
+        print(format_table(runs))
+        return runs
     settings = dict(QUICK if args.quick else FULL)
     if args.seeds is not None:
         settings["seeds"] = args.seeds
@@ -101,7 +184,7 @@ def main(argv=None):
             for dropout in args.modality_dropout:
                 for seed in range(settings["seeds"]):
                     output_dir = Path(scratch) / f"{fusion_type}-{dropout}-{seed}"
-                    run_argv, metrics = run_one(settings, fusion_type, dropout, seed, output_dir)
+                    run_argv, metrics = run_one(settings, fusion_type, dropout, seed, output_dir, args.tasks)
                     runs.setdefault((fusion_type, dropout), []).append(metrics)
                     raw.append({"argv": run_argv, "metrics": metrics})
                     print(f"[{time.perf_counter() - start:6.0f} s] {fusion_type} dropout {dropout} seed {seed}: "

@@ -3,7 +3,7 @@
 with `Trainer`.
 
 With no arguments it trains the `small` preset on the built-in fusion tasks (generated and cached on first use):
-`match` (does the caption, written or spoken, describe the image? negatives differ in one attribute), `colours` (which
+`match` (does the caption, written or spoken, describe the image? negatives differ in one colour), `colours` (which
 colours the image or the caption show, multi-label) and `count` (objects in the image, regression), one head each on
 one fused representation. It prints the held-out metrics with every subset of the modalities (the ablation table) and
 writes a Hub-ready folder (weights, processor, remote code, a model card with the numbers) to
@@ -41,9 +41,11 @@ from training_mm.classification import (
     MODALITY_COLUMNS,
     ClassificationCollator,
     FreezeTowersCallback,
+    check_held_out_labels,
     ablation,
     format_ablation_table,
     infer_tasks,
+    pipeline_task,
 )
 from training_mm.output_folder import prepare_output, push_output_folder, save_output_folder
 from training_mm.processors import image_size_of, load_processor, new_processor
@@ -159,6 +161,7 @@ def main(argv=None):
     held_out_name = check_splits(splits, dataset_name, training_args, measured="the metrics")
     modalities = tuple(name for name, column in MODALITY_COLUMNS.items() if column in train_split.column_names)
     tasks = infer_tasks(train_split, label_columns, data_args.problem_type)
+    check_held_out_labels(splits, tasks)
     logger.info("Tasks: %s; modalities: %s", {name: spec["problem_type"] for name, spec in tasks.items()}, modalities)
 
     # 3. Processor and 4. model.
@@ -328,13 +331,6 @@ def build_model(model_args, data_args, base_config, tasks, tokenizer):
 
 
 # ------------------------------------------------------------------------------------------------ reporting
-
-
-def pipeline_task(modalities):
-    """The Hub pipeline tag: the stock pipeline of the checkpoint's richest single modality."""
-    if "image" in modalities:
-        return "image-classification"
-    return "audio-classification" if "audio" in modalities else "text-classification"
 
 
 def hyperparameters(model_args, trainer, tasks, modalities):

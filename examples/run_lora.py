@@ -4,7 +4,8 @@
 It loads `--model_name_or_path` (a Hub id or a folder written by run_clip.py, run_captioning.py or save_pretrained),
 puts LoRA adapters on the attention and MLP layers of the chosen towers, trains them on the built-in data (or
 `--dataset_name`), prints the held-out metrics of the base model and of the adapted one (retrieval recall@1/5/10
-for `--task contrastive`, BLEU and CIDEr-D of generated captions for `--task captioning`), and writes a Hub-ready
+for `--task contrastive`, BLEU and CIDEr-D of generated captions for `--task captioning`, each task's accuracy /
+mAP / RMSE for `--task classification`), and writes a Hub-ready
 adapter folder: `adapter_config.json`, `adapter_model.safetensors`, the base model's processor (so the adapter repo
 alone prepares inputs, even when the base is a local folder), and a README.md card naming the base model and the
 measured numbers.
@@ -12,6 +13,7 @@ measured numbers.
     python examples/run_lora.py --model_name_or_path outputs/run_clip-small
     python examples/run_lora.py --model_name_or_path my-org/mm-base --towers vision --lora_r 16 --dataset_name photos/
     python examples/run_lora.py --model_name_or_path outputs/run_captioning-small --task captioning
+    python examples/run_lora.py --model_name_or_path outputs/run_classification-small --task classification
     python examples/run_lora.py --model_name_or_path my-org/mm-base --merge_output_dir outputs/merged --push_to_hub
 
 Where mm is not installed, the adapter loads onto the base as remote code:
@@ -19,6 +21,10 @@ Where mm is not installed, the adapter loads onto the base as remote code:
     model = PeftModel.from_pretrained(AutoModel.from_pretrained("my-org/mm-base", trust_remote_code=True), adapter)
 
 `--merge_output_dir` also writes the merged model (`merge_and_unload`): a plain checkpoint with remote code.
+
+With `--task classification` (an `MMForClassification` checkpoint from run_classification.py, and data with its task
+columns; by default the built-in fusion tasks) the fusion layers and the task heads (`classifier.<task>`) are trained
+in full, as PEFT's `modules_to_save`, and saved in the adapter with the LoRA weights of the towers.
 
 Same shape as run_clip.py and run_captioning.py, whose data options, collators, evaluation and folder/Hub steps it
 shares through training_mm (`script_arguments`, `splits`, `output_folder`, `captioning`, `retrieval`): `HfArgumentParser` over three dataclasses, one `main`
@@ -34,12 +40,14 @@ from pathlib import Path
 from typing import Literal
 
 import transformers
+from datasets import IterableDataset
 from peft import get_peft_model
 from transformers import HfArgumentParser, Trainer
 
-from modeling_mm import MMForConditionalGeneration, MMModel
+from modeling_mm import MMForClassification, MMForConditionalGeneration, MMModel
 from training_mm.caption_metrics import caption_metrics
 from training_mm.captioning import PIPELINE_TASKS, CaptioningCollator, generate_captions, reference_captions
+from training_mm.classification import MODALITY_COLUMNS, ClassificationCollator, evaluate_split, pipeline_task
 from training_mm.output_folder import prepare_output, push_output_folder, save_output_folder
 from training_mm.processors import image_size_of, load_processor
 from training_mm.script_arguments import (
@@ -56,6 +64,7 @@ from training_mm.lora import MODALITY_TOWERS, build_lora_config
 from training_mm.nonfinite_guard import NonFiniteGuardCallback, check_finite_weights
 from training_mm.retrieval import MIN_GALLERY, RetrievalGallery, retrieval_metrics
 from training_mm.safe_loading import from_pretrained_safetensors
+from training_mm.synthetic_data import build_fusion_dataset
 
 logger = logging.getLogger("run_lora")
 
@@ -66,6 +75,9 @@ AUTO_CLASSES = {
     "zero-shot-audio-classification": "AutoModel",
     "image-to-text": "AutoModelForImageTextToText",
     "automatic-speech-recognition": "AutoModelForSpeechSeq2Seq",
+    **dict.fromkeys(
+        ("image-classification", "audio-classification", "text-classification"), "AutoModelForSequenceClassification"
+    ),
 }
 
 
@@ -76,12 +88,15 @@ class LoraModelArguments:
     model_name_or_path: str = field(
         metadata={"help": "The mm checkpoint (Hub id or folder) to adapt; its processor is used and saved with the adapter."}
     )
-    task: Literal["contrastive", "captioning"] = field(
+    task: Literal["contrastive", "captioning", "classification"] = field(
         default="contrastive",
         metadata={"help": "contrastive: MMModel's CLIP-style loss over text/image/audio, measured by retrieval. "
                           "captioning: MMForConditionalGeneration's caption loss (the checkpoint needs a trained "
-                          "decoder, e.g. from run_captioning.py), measured by BLEU/CIDEr-D. --modality picks what "
-                          "is compared with (contrastive, default: every modality the data has) or captioned."},
+                          "decoder, e.g. from run_captioning.py), measured by BLEU/CIDEr-D. classification: "
+                          "MMForClassification's task losses (a checkpoint from run_classification.py; the data needs "
+                          "its task columns), measured by its metrics; the fusion layers and heads train in full. "
+                          "--modality picks what is compared with (contrastive, default: every modality the data "
+                          "has) or captioned."},
     )
     towers: str | None = field(
         default=None,
@@ -133,39 +148,50 @@ def main(argv=None):
     setup_logging(training_args, "run_lora")
     merge_dir = Path(model_args.merge_output_dir) if model_args.merge_output_dir else None
     output = prepare_output(training_args, training_args.overwrite_output_dir, [merge_dir] if merge_dir else [])
-    captioning = model_args.task == "captioning"
+    task = model_args.task
+    captioning = task == "captioning"
     transformers.set_seed(training_args.seed)
 
     # 2. The base model and its processor.
     base = model_args.model_name_or_path
-    model = load_base_model(base, captioning)
+    model = load_base_model(base, task)
     processor = load_processor(base, model.config)
 
-    # 3. Data: splits with `caption` and `image` and/or `audio` (and `label` for the built-in data).
-    splits, dataset_name, dataset_type = load_splits(data_args, training_args, image_size_of(model.config.vision_config))
+    # 3. Data: splits with `caption` and `image` and/or `audio` (and `label` for the built-in data, or the
+    # classifier's task columns).
+    splits, dataset_name, dataset_type = load_task_splits(task, model, data_args, training_args)
     train_split, eval_split = splits["train"], splits.get("validation")
-    held_out_name = check_splits(splits, dataset_name, training_args, "captions" if captioning else "retrieval")
-    modalities = data_modalities(train_split, data_args.modality, captioning)
-    towers = None if model_args.target_modules else chosen_towers(model_args.towers, modalities, captioning, model.config)
+    measured = {"contrastive": "retrieval", "captioning": "captions", "classification": "the task metrics"}[task]
+    held_out_name = check_splits(splits, dataset_name, training_args, measured)
+    modalities = data_modalities(train_split, data_args.modality, task)
+    towers = None if model_args.target_modules else chosen_towers(model_args.towers, modalities, task, model.config)
 
     # 4. The held-out metrics of the base model: the baseline the adapted numbers are read against.
     gallery = None
-    if not captioning:  # retrieval only on a gallery large enough for recall@k to mean something
+    if task == "contrastive":  # retrieval only on a gallery large enough for recall@k to mean something
         gallery = RetrievalGallery.of(splits[held_out_name], held_out_name, model_args.min_retrieval_gallery)
         (logger.info if gallery.measured else logger.warning)(gallery.note)
-    evaluate, collator, task_type = task_parts(captioning, processor, splits[held_out_name], modalities, data_args,
-                                               training_args, gallery)  # fmt: skip
+    evaluate, collator, task_type = task_parts(task, processor, splits[held_out_name], modalities, data_args,
+                                               training_args, model.config, gallery)  # fmt: skip
     model.to(training_args.device)
     baseline = evaluate(model)
 
-    # 5. LoRA on the chosen towers; everything else (projections, logit_scale, embeddings) stays frozen.
+    # 5. LoRA on the chosen towers; everything else (projections, logit_scale, embeddings) stays frozen, except a
+    # classifier's fusion layers and heads, which train in full.
     lora_config = build_lora_config(
-        model, towers, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.target_modules
+        model,
+        towers,
+        model_args.lora_r,
+        model_args.lora_alpha,
+        model_args.lora_dropout,
+        model_args.target_modules,
+        modules_to_save=fully_trained_modules(model) if task == "classification" else None,
     )
     model = get_peft_model(model, lora_config)
     trainable, total = model.get_nb_trainable_parameters()
     targets = f"the {', '.join(towers)} tower(s)" if towers else f"the modules matching {model_args.target_modules!r}"
-    print(f"LoRA on {len(model.targeted_module_names)} layers of {targets}:")
+    in_full = f"; trained in full: {', '.join(lora_config.modules_to_save)}" if lora_config.modules_to_save else ""
+    print(f"LoRA on {len(model.targeted_module_names)} layers of {targets}{in_full}:")
     model.print_trainable_parameters()
 
     # 6. Training, stopped at the first non-finite loss or gradient (and before saving non-finite weights).
@@ -198,7 +224,8 @@ def main(argv=None):
         evaluation_note=gallery.note if gallery else None,
         hyperparameters=hyperparameters(model_args, trainer, towers, lora_config, trainable, total),
         base_model=base,
-        modalities=("text", *modalities),
+        modalities=tuple(dict.fromkeys(("text", *modalities))),
+        classification_tasks=model.config.task_specs() if task == "classification" else None,
     )
     if save_output_folder(trainer, output, training_args.overwrite_output_dir, "adapter", is_adapter=True, **card):
         point_auto_mapping_at_transformers(output.folder, AUTO_CLASSES[task_type])
@@ -238,33 +265,41 @@ def default_output_dir(known):
     return None
 
 
-def data_modalities(train_split, modality, captioning):
+def data_modalities(train_split, modality, task):
     """The modalities trained on besides text: --modality, or for contrastive every one the data has and for
-    captioning the image (else the audio)."""
+    captioning the image (else the audio). Classification: every modality the data has, text included."""
+    if task == "classification":
+        if modality is not None:
+            raise ValueError("--modality is for contrastive and captioning; a classifier reads every modality the data has.")
+        return tuple(name for name, column in MODALITY_COLUMNS.items() if column in train_split.column_names)
     present = tuple(name for name in ("image", "audio") if name in train_split.column_names)
     if modality is not None and modality not in present:
         raise ValueError(f"--modality {modality}: the data has no {modality} column (its columns: {train_split.column_names}).")
     if modality is not None:
         return (modality,)
-    return present[:1] if captioning else present
+    return present[:1] if task == "captioning" else present
 
 
-def chosen_towers(towers, modalities, captioning, config):
+def chosen_towers(towers, modalities, task, config):
     """The towers named by --towers, checked to be ones the training signal reaches; by default those towers are:
-    contrastive, text plus the tower of each modality; captioning, the decoder plus the tower it reads."""
+    contrastive, text plus the tower of each modality; captioning, the decoder plus the tower it reads;
+    classification, the tower of each modality."""
     data_towers = tuple(MODALITY_TOWERS[name] for name in modalities)
-    reached = ("decoder", *data_towers) if captioning else ("text", *data_towers)
-    if captioning and config.contrastive_loss_weight > 0:  # CoCa: the contrastive loss reaches the text tower too
-        reached += ("text",)
+    if task == "classification":
+        reached = data_towers
+    else:
+        reached = ("decoder", *data_towers) if task == "captioning" else ("text", *data_towers)
+        if task == "captioning" and config.contrastive_loss_weight > 0:  # CoCa: the contrastive loss reaches text too
+            reached += ("text",)
     if towers is None:
-        return reached[:1 + len(data_towers)]
+        return reached if task == "classification" else reached[: 1 + len(data_towers)]
     chosen = tuple(dict.fromkeys(name.strip() for name in towers.split(",") if name.strip()))
     unreached = [name for name in chosen if name not in reached]
     if unreached or not chosen:
         raise ValueError(
-            f"--towers {towers!r}: with --task {'captioning' if captioning else 'contrastive'} on text and "
-            f"{', '.join(modalities)}, the loss reaches the {', '.join(reached)} tower(s) only; adapters on "
-            f"{', '.join(unreached) or 'no tower'} would never train. Choose among {list(reached)}, comma-separated."
+            f"--towers {towers!r}: with --task {task} on {', '.join(dict.fromkeys(('text', *modalities)))}, the loss "
+            f"reaches the {', '.join(reached)} tower(s) only; adapters on {', '.join(unreached) or 'no tower'} would "
+            f"never train. Choose among {list(reached)}, comma-separated."
         )
     return chosen
 
@@ -272,12 +307,20 @@ def chosen_towers(towers, modalities, captioning, config):
 # ------------------------------------------------------------------------------------------------ model, processor, task
 
 
-def task_parts(captioning, processor, held_out, modalities, data_args, training_args, gallery=None):
+def task_parts(task, processor, held_out, modalities, data_args, training_args, config, gallery=None):
     """What differs between the tasks: the held-out evaluation (`evaluate(model) -> metrics`: retrieval recall, none
-    when the `RetrievalGallery` is too small to measure on, or BLEU/CIDEr-D of generated captions), the training
-    collator, and the card's task."""
+    when the `RetrievalGallery` is too small to measure on, BLEU/CIDEr-D of generated captions, or each task's
+    classification metrics), the training collator, and the card's task."""
     batch_size = training_args.per_device_eval_batch_size
-    if not captioning:
+    if task == "classification":
+        if isinstance(held_out, IterableDataset):
+            held_out = held_out.take(data_args.num_eval_samples)
+        evaluate = partial(classification_scores, processor=processor, rows=held_out, modalities=modalities,
+                           batch_size=batch_size)  # fmt: skip
+        tasks = config.task_specs()
+        collator = ClassificationCollator(processor, modalities, tasks, single_task=len(tasks) == 1)
+        return evaluate, collator, pipeline_task(modalities)
+    if task == "contrastive":
         evaluate = partial(retrieval_metrics, processor=processor, dataset=held_out, modalities=modalities,
                            batch_size=batch_size) if gallery.measured else not_measured  # fmt: skip
         task_type = "zero-shot-image-classification" if "image" in modalities else "zero-shot-audio-classification"
@@ -294,21 +337,59 @@ def not_measured(model):
     return {}
 
 
-def load_base_model(path, captioning):
-    """The base checkpoint as `MMModel` (contrastive) or `MMForConditionalGeneration` (captioning). A captioning base
-    must have a trained decoder: LoRA adapts trained weights, and a decoder loaded from an MMModel checkpoint would
-    start (and stay, frozen) random."""
-    if not captioning:
+def load_base_model(path, task):
+    """The base checkpoint as `MMModel` (contrastive), `MMForConditionalGeneration` (captioning) or
+    `MMForClassification` (classification). A captioning base must have a trained decoder: LoRA adapts trained
+    weights, and a decoder loaded from an MMModel checkpoint would start (and stay, frozen) random. A classification
+    base must be a trained classifier: its tasks say which label columns the data needs."""
+    if task == "contrastive":
         return from_pretrained_safetensors(MMModel, path)
-    model, info = from_pretrained_safetensors(MMForConditionalGeneration, path, output_loading_info=True)
+    model_class = MMForConditionalGeneration if task == "captioning" else MMForClassification
+    model, info = from_pretrained_safetensors(model_class, path, output_loading_info=True)
     untrained = sorted({key.split(".")[0] for key in info["missing_keys"]})
-    if untrained:
+    if untrained and task == "captioning":
         raise ValueError(
             f"{path} has no trained weights for {untrained} of the captioning model (e.g. an MMModel checkpoint from "
             "run_clip.py). Train the caption decoder first (examples/run_captioning.py --model_name_or_path "
             f"{path}), then put LoRA on that checkpoint; or use --task contrastive."
         )
+    if untrained:
+        raise ValueError(
+            f"{path} has no trained weights for {untrained} of the classifier (e.g. an MMModel checkpoint from "
+            "run_clip.py), so it has no tasks to adapt. Train a classifier on its towers first "
+            f"(examples/run_classification.py --model_name_or_path {path} --label_column ...), then put LoRA on that "
+            "checkpoint."
+        )
     return model
+
+
+def fully_trained_modules(model):
+    """A classifier's modules that LoRA does not adapt but trains in full (PEFT's `modules_to_save`): the fusion
+    layers and each task's head, which hold what is specific to the task and are small next to the towers."""
+    return ["fusion", *(f"classifier.{name}" for name in model.classifier)]
+
+
+def load_task_splits(task, model, data_args, training_args):
+    """`load_splits` for the task: a classifier trains on the built-in fusion tasks (or user data with its task
+    columns), the others on the built-in scenes (or user data)."""
+    image_size = image_size_of(model.config.vision_config)
+    if task != "classification":
+        return load_splits(data_args, training_args, image_size)
+    tasks = list(model.config.task_specs())
+    splits, name, dataset_type = load_splits(
+        data_args,
+        training_args,
+        image_size,
+        builtin=(build_fusion_dataset, "mm built-in fusion tasks"),
+        keep_columns=tasks,
+    )
+    missing = [column for column in tasks if column not in splits["train"].column_names]
+    if missing:
+        raise ValueError(
+            f"The classifier's tasks read the label columns {tasks}; {name!r} lacks {missing} (its columns: "
+            f"{splits['train'].column_names}). Rename the label columns to the task names."
+        )
+    return splits, name, dataset_type
 
 
 def point_auto_mapping_at_transformers(adapter_dir, auto_class):
@@ -325,6 +406,12 @@ def point_auto_mapping_at_transformers(adapter_dir, auto_class):
 
 
 # ------------------------------------------------------------------------------------------------ evaluation & reporting
+
+
+def classification_scores(model, processor, rows, modalities, batch_size):
+    """Every task's held-out metrics with all `modalities`, as `{"<task> <metric>": value}`."""
+    results = evaluate_split(model, processor, rows, modalities, batch_size)
+    return {f"{task} {name}": value for task, values in results.items() for name, value in values.items()}
 
 
 def caption_scores(model, processor, rows, references, modality, batch_size, generate_kwargs):
@@ -348,6 +435,7 @@ def hyperparameters(model_args, trainer, towers, lora_config, trainable, total):
         "LoRA r": lora_config.r,
         "LoRA alpha": lora_config.lora_alpha,
         "LoRA dropout": lora_config.lora_dropout,
+        **({"trained in full": ", ".join(lora_config.modules_to_save)} if lora_config.modules_to_save else {}),
         "trainable parameters": f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%)",
         **trainer_hyperparameters(trainer),
     }

@@ -217,3 +217,16 @@ class _Rows(list):
 
     def select_columns(self, columns):
         return _Rows({column: row[column] for column in columns} for row in self)
+
+
+def test_the_pipeline_refuses_an_item_without_a_modality():
+    from testers import tiny_processor
+
+    from processing_mm.pipeline_mm_classification import MMClassificationPipeline
+
+    clf = MMClassificationPipeline(model=MMForClassification(tiny_config(num_labels=2)).eval(), processor=tiny_processor())
+    assert {out["label"] for out in clf({"text": "a red circle"})} == {"LABEL_0", "LABEL_1"}
+    for item, match in (({}, "takes a dict with any of"), ({"text": None}, "got no text, image or audio"),
+                        ({"video": "clip.mp4"}, r"Unknown input keys \['video'\]")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            clf(item)

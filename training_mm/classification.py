@@ -115,6 +115,27 @@ def encode_labels(rows, column, spec):
     return multi_hot
 
 
+def pipeline_task(modalities):
+    """The Hub pipeline tag of a classifier: the stock pipeline of its richest single modality."""
+    if "image" in modalities:
+        return "image-classification"
+    return "audio-classification" if "audio" in modalities else "text-classification"
+
+
+def check_held_out_labels(splits, tasks):
+    """Fails, before any training, on a held-out split whose labels the tasks cannot take (a class unseen in training,
+    a string in a regression column), naming the split; streamed splits are checked as their batches are read."""
+    for name, split in splits.items():
+        if name == "train" or isinstance(split, IterableDataset):
+            continue
+        rows = list(split.select_columns(list(tasks)))
+        for column, spec in tasks.items():
+            try:
+                encode_labels(rows, column, spec)
+            except ValueError as error:
+                raise ValueError(f"The {name} split: {error}") from None
+
+
 # ------------------------------------------------------------------------------------------------ batching
 
 

@@ -195,7 +195,7 @@ def write_model_card(folder, facts, template_path=None):
             dataset_type=facts.dataset_type,
             dataset_name=facts.dataset_name,
             dataset_split=facts.dataset_split,
-            metric_type=name,
+            **_metric_of(name, facts.classification_tasks),
             metric_name=name,
             metric_value=value,
             metric_config=facts.evaluation_protocol,
@@ -240,6 +240,13 @@ def write_model_card(folder, facts, template_path=None):
     )
     card.save(folder / "README.md")
     return card
+
+
+def _metric_of(name, classification_tasks):
+    """The `model-index` metric type of a measured figure: a classifier's "match accuracy" is an `accuracy` (its name
+    keeps the task); other figures are their own type."""
+    task, _, metric = name.partition(" ")
+    return {"metric_type": metric if classification_tasks and task in classification_tasks and metric else name}
 
 
 def write_pushed_model_card(folder, model, repo_id, pipeline_tag):

@@ -7,7 +7,9 @@ self- and cross-attention count as its attention. The towers' output projections
 adapter: they define the embedding space and the vocabulary the other towers and the base checkpoint share, and a
 LoRA update of the last layers already moves what each tower feeds into its projection (as in CLIP-LoRA, Zanella
 and Ben Ayed 2024, which adapts the encoders' attention and leaves projections and temperature alone). So the
-adapter holds every changed weight and needs no `modules_to_save`: base + adapter reproduces the trained model.
+adapter holds every changed weight: base + adapter reproduces the trained model. A classifier's fusion layers and
+task heads are the exception: small and specific to the task, they train in full, as PEFT's `modules_to_save`, and
+the adapter stores their trained copies.
 
 Example:
 ```python
@@ -73,9 +75,10 @@ def default_target_modules(model, towers):
     return f"({'|'.join(re.escape(available[tower]) for tower in towers)})\\..*\\.({layers})"
 
 
-def build_lora_config(model, towers, r=8, alpha=16, dropout=0.05, target_modules=None):
+def build_lora_config(model, towers, r=8, alpha=16, dropout=0.05, target_modules=None, modules_to_save=None):
     """The `LoraConfig` for `towers` of `model`: default targets (see `default_target_modules`) unless
-    `target_modules` (a regular expression over module paths, or a list of module names) says otherwise.
+    `target_modules` (a regular expression over module paths, or a list of module names) says otherwise;
+    `modules_to_save` (module names) train in full and are saved whole in the adapter.
 
     No `task_type`: mm models go through the plain `PeftModel`, whose `forward` and `generate` pass every argument
     (pixel_values, input_features, ...) to the model unchanged.
@@ -85,4 +88,6 @@ def build_lora_config(model, towers, r=8, alpha=16, dropout=0.05, target_modules
             f"LoRA needs r > 0, alpha > 0 and dropout in [0, 1); got r={r}, alpha={alpha}, dropout={dropout}."
         )
     targets = target_modules if target_modules else default_target_modules(model, towers)
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
+    return LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none", modules_to_save=modules_to_save
+    )
