@@ -27,8 +27,9 @@ columns; by default the built-in fusion tasks) the fusion layers and the task he
 in full, as PEFT's `modules_to_save`, and saved in the adapter with the LoRA weights of the towers.
 
 Same shape as run_clip.py and run_captioning.py, whose data options, collators, evaluation and folder/Hub steps it
-shares through training_mm (`script_arguments`, `splits`, `output_folder`, `captioning`, `retrieval`): `HfArgumentParser` over three dataclasses, one `main`
-in numbered steps, `main(argv)` importable and returning the measured metrics.
+shares through training_mm (`script_arguments`, `splits`, `output_folder`, `captioning`, `retrieval`):
+`HfArgumentParser` over three dataclasses, one `main` in numbered steps, `main(argv)` importable and returning the
+measured metrics.
 """
 
 import json
@@ -149,7 +150,6 @@ def main(argv=None):
     merge_dir = Path(model_args.merge_output_dir) if model_args.merge_output_dir else None
     output = prepare_output(training_args, training_args.overwrite_output_dir, [merge_dir] if merge_dir else [])
     task = model_args.task
-    captioning = task == "captioning"
     transformers.set_seed(training_args.seed)
 
     # 2. The base model and its processor.
