@@ -33,7 +33,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
 
 import run_classification  # noqa: E402
 from training_mm.classification import modality_subsets  # noqa: E402
-from training_mm.synthetic_data import FUSION_TASKS, build_fusion_dataset  # noqa: E402
+from training_mm.fusion_data import FUSION_TASKS, build_fusion_dataset  # noqa: E402
 
 FUSION_TYPES = ("late", "gated", "concat", "cross")
 BUILTIN_SPLITS = dict(num_train=2000, num_validation=300, num_test=300)  # run_classification.py's default data

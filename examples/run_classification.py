@@ -53,7 +53,7 @@ from training_mm.script_arguments import DataArguments, parse_script_args, setup
 from training_mm.splits import check_splits, load_splits
 from training_mm.trainer_steps import train_and_collect_losses, trainer_hyperparameters
 from training_mm.hub import describe_model
-from training_mm.synthetic_data import FUSION_TASKS, build_fusion_dataset
+from training_mm.fusion_data import FUSION_TASKS, build_fusion_dataset
 
 logger = logging.getLogger("run_classification")
 

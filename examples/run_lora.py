@@ -65,7 +65,7 @@ from training_mm.lora import MODALITY_TOWERS, build_lora_config
 from training_mm.nonfinite_guard import NonFiniteGuardCallback, check_finite_weights
 from training_mm.retrieval import MIN_GALLERY, RetrievalGallery, retrieval_metrics
 from training_mm.safe_loading import from_pretrained_safetensors
-from training_mm.synthetic_data import build_fusion_dataset
+from training_mm.fusion_data import build_fusion_dataset
 
 logger = logging.getLogger("run_lora")
 

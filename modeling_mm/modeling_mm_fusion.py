@@ -16,11 +16,9 @@ from transformers.utils import ModelOutput, logging
 
 from .modeling_mm import MMModel, _width
 from .modeling_mm_layers import MMAttention, MMEncoderLayer, MMMLP, masked_mean
-from .modeling_mm_utils import MMConfig, MMFusionConfig, MMPreTrainedModel
+from .modeling_mm_utils import MODALITIES, MMConfig, MMFusionConfig, MMPreTrainedModel
 
 logger = logging.get_logger(__name__)
-
-MODALITIES = ("text", "image", "audio")
 
 
 @dataclass

@@ -13,12 +13,28 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .modeling_mm_losses import hash_powers
 
 try:  # flat Hub folder (remote code): the config file sits next to this one
-    from .configuration_mm import MMAudioConfig, MMConfig, MMFusionConfig, MMSpeechConfig, MMTextConfig, MMVisionConfig
+    from .configuration_mm import (
+        MODALITIES,
+        MMAudioConfig,
+        MMConfig,
+        MMFusionConfig,
+        MMSpeechConfig,
+        MMTextConfig,
+        MMVisionConfig,
+    )
 except ImportError:  # installed package: the config lives in the sibling package `configuration_mm`
-    from configuration_mm import MMAudioConfig, MMConfig, MMFusionConfig, MMSpeechConfig, MMTextConfig, MMVisionConfig
+    from configuration_mm.configuration_mm import (
+        MODALITIES,
+        MMAudioConfig,
+        MMConfig,
+        MMFusionConfig,
+        MMSpeechConfig,
+        MMTextConfig,
+        MMVisionConfig,
+    )
 
 __all__ = [
-    "CACHE_NAME", "MMPreTrainedModel", "MMConfig", "MMTextConfig", "MMVisionConfig", "MMAudioConfig", "MMFusionConfig", "MMSpeechConfig",
+    "CACHE_NAME", "MODALITIES", "MMPreTrainedModel", "MMConfig", "MMTextConfig", "MMVisionConfig", "MMAudioConfig", "MMFusionConfig", "MMSpeechConfig",
     "save_remote_code",
 ]  # fmt: skip
 

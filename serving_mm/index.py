@@ -13,7 +13,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-MODALITIES = ("image", "audio")
+from training_mm.collators import MEDIA
+
 EXACT_THRESHOLD = 20_000
 HNSW_NEIGHBOURS = 32  # graph degree M; with efSearch 128 recall@10 stays high at 100k items of 128-d embeddings
 HNSW_EF_CONSTRUCTION = 80
@@ -108,7 +109,7 @@ def load_indexes(folder) -> tuple[dict[str, EmbeddingIndex], dict]:
     if not info_path.is_file():
         raise FileNotFoundError(f"{folder} is not an index folder (no index.json); build one with `mm-index build`.")
     info = json.loads(info_path.read_text())
-    return {m: EmbeddingIndex.load(folder, m) for m in MODALITIES if (folder / f"{m}.faiss").is_file()}, info
+    return {m: EmbeddingIndex.load(folder, m) for m in MEDIA if (folder / f"{m}.faiss").is_file()}, info
 
 
 def _float32(array) -> np.ndarray:

@@ -10,7 +10,7 @@ import soundfile as sf
 from datasets import DatasetDict, IterableDatasetDict
 from PIL import Image
 import torch
-from testers import require_espeak, tiny_processor
+from testers import require_espeak, tiny_processor, write_folder
 
 from training_mm import synthetic_data
 from training_mm import data_workers
@@ -18,7 +18,7 @@ from training_mm.audio_decoding import resample, resample_column
 from training_mm.data_workers import ROWS_PER_STREAM_SHARD
 from training_mm.data import SAMPLING_RATE, decode_audio, filter_unreadable, load_user_dataset
 from training_mm.media_inputs import media_inputs, open_image
-from training_mm.synthetic_data import COLOURS, HELD_OUT, build_synthetic_dataset, write_folder
+from training_mm.synthetic_data import COLOURS, HELD_OUT, build_synthetic_dataset
 
 
 TINY = dict(num_train=12, num_validation=4, num_test=6, image_size=32, seed=0)

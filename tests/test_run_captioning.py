@@ -9,9 +9,8 @@ import pytest
 from huggingface_hub import ModelCard
 
 import training_mm.caption_metrics
-from testers import TINY_RUN
+from testers import TINY_RUN, write_folder
 from training_mm.caption_metrics import bleu, caption_metrics, cider_d, tokenize
-from training_mm.synthetic_data import write_folder
 
 import run_captioning
 

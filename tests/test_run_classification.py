@@ -11,14 +11,23 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
-from testers import NUM_EVAL, NUM_TRAIN, TINY_RUN, require_espeak, run_clean, save_tiny_base, tiny_processor
+from testers import (
+    NUM_EVAL,
+    NUM_TRAIN,
+    TINY_RUN,
+    require_espeak,
+    run_clean,
+    save_tiny_base,
+    tiny_processor,
+    write_folder,
+)
 
 import run_classification
 import run_lora
 from configuration_mm import MMConfig
 from modeling_mm import MMForClassification
 from training_mm.classification import ClassificationCollator, infer_tasks
-from training_mm.synthetic_data import FUSION_TASKS, build_fusion_dataset, write_folder
+from training_mm.fusion_data import FUSION_TASKS, build_fusion_dataset
 
 TINY = [*TINY_RUN, "--preset", "tiny", "--per_device_train_batch_size", "8", "--max_steps", "2"]
 

@@ -13,10 +13,9 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from testers import NUM_EVAL, NUM_TRAIN, TINY_RUN, run_clean, tiny_processor, tiny_tokenizer
+from testers import NUM_EVAL, NUM_TRAIN, TINY_RUN, run_clean, tiny_processor, tiny_tokenizer, write_folder
 from training_mm.collators import ContrastiveCollator, group_ids
 from training_mm.retrieval import PROTOCOL, recall_at_k
-from training_mm.synthetic_data import write_folder
 
 import run_clip
 

@@ -3,6 +3,7 @@
 Nothing here touches the network: the tokenizer is trained on synthetic captions in well under a second.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,9 +12,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 
 from configuration_mm import MMConfig
 from processing_mm import MMFeatureExtractor, MMImageProcessor, MMProcessor, train_tokenizer
+from training_mm.audio_decoding import decode_audio
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The top-level packages of this repository; a consumer of a saved checkpoint has none of them.
@@ -158,3 +161,25 @@ def make_untrusted(folder, other_repo="attacker/payload"):
                 settings[part]["auto_map"] = elsewhere(settings[part]["auto_map"])
         (folder / name).write_text(json.dumps(settings))
     return folder
+
+
+def write_folder(dataset_split, path):
+    """Write one split as files plus `metadata.jsonl`, a layout `datasets.load_dataset("imagefolder")` reads.
+
+    Images go to `000000.png`, ... (column `file_name`), audio to `000000.wav`, ... (column `audio`, a path
+    relative to the folder). It is not `audio_file_name` because the imagefolder loader turns every
+    `*_file_name` column into an *image*; `load_user_dataset` reads the `audio` paths. Other columns are
+    copied. Write several splits to `root/train`, `root/validation`, ... to get a folder with splits.
+
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / "metadata.jsonl", "w", encoding="utf-8") as metadata:
+        for index, row in enumerate(dataset_split):
+            entry = {"file_name": f"{index:06d}.png"}
+            row["image"].save(path / entry["file_name"])
+            if "audio" in row:
+                entry["audio"] = f"{index:06d}.wav"
+                sf.write(path / entry["audio"], *decode_audio(row["audio"]))
+            entry.update({name: value for name, value in row.items() if name not in ("image", "audio")})
+            metadata.write(json.dumps(entry) + "\n")

@@ -127,17 +127,17 @@ class Scene:
 def sample_scene(rng, held_out):
     """Draw a scene; with `held_out`, at least one of its objects is a `HELD_OUT` pair, else none is."""
     kind = ("single", "relation", "count")[rng.choice(3, p=[0.4, 0.4, 0.2])]
-    first = _choose(rng, HELD_OUT if held_out else SEEN)
+    first = choose(rng, HELD_OUT if held_out else SEEN)
     if kind == "single":
-        return Scene(kind, (first,), size=_choose(rng, ["small", "large"]), position=_choose(rng, list(POSITIONS)))
+        return Scene(kind, (first,), size=choose(rng, ["small", "large"]), position=choose(rng, list(POSITIONS)))
     if kind == "count":
         return Scene(kind, (first,), count=int(rng.integers(2, 5)))
     others = [pair for pair in (HELD_OUT + SEEN if held_out else SEEN) if pair != first]
-    objects = (first, _choose(rng, others))
-    return Scene(kind, objects if rng.random() < 0.5 else objects[::-1], relation=_choose(rng, ["left of", "above"]))
+    objects = (first, choose(rng, others))
+    return Scene(kind, objects if rng.random() < 0.5 else objects[::-1], relation=choose(rng, ["left of", "above"]))
 
 
-def _choose(rng, options):
+def choose(rng, options):
     """One of `options`, as the Python object itself (`rng.choice` would turn strings into `np.str_`)."""
     return options[rng.integers(len(options))]
 
@@ -154,7 +154,7 @@ def caption_for(scene, rng):
     if scene.kind == "relation":
         first, second = (f"{colour} {shape}" for colour, shape in scene.objects)
         flipped = rng.random() < 0.5
-        relation = _choose(rng, RELATION_WORDS[scene.relation][flipped])
+        relation = choose(rng, RELATION_WORDS[scene.relation][flipped])
         if flipped:
             first, second = second, first
         body, verb = f"{_a(first)} {relation} {_a(second)}", "is"
@@ -162,7 +162,7 @@ def caption_for(scene, rng):
         body, verb = _a(scene.label), "is"
     else:
         body, verb = scene.label, "are"
-    return _choose(rng, ["{}", f"there {verb} {{}}", "a picture of {}"]).format(body)
+    return choose(rng, ["{}", f"there {verb} {{}}", "a picture of {}"]).format(body)
 
 
 def _a(phrase):
@@ -242,7 +242,7 @@ def make_example(index, *, split, seed, image_size, voices):
     draw_scene(scene, rng, image_size).save(image, format="PNG")
     example["image"] = {"bytes": image.getvalue(), "path": None}
     if voices:  # drawn last, so images and captions do not depend on whether audio is made
-        voice = _choose(rng, voices) + _choose(rng, VARIANTS)
+        voice = choose(rng, voices) + choose(rng, VARIANTS)
         wave = speak(example["caption"], voice, int(rng.integers(*SPEEDS)), int(rng.integers(*PITCHES)))
         audio = io.BytesIO()
         sf.write(audio, wave, SAMPLING_RATE, format="WAV", subtype="PCM_16")
@@ -270,17 +270,25 @@ def build_synthetic_dataset(
         with_audio = False
     sizes = {"train": num_train, "validation": num_validation, "test": num_test}
     key = dict(version=GENERATOR_VERSION, sizes=sizes, image_size=image_size, seed=seed, audio=with_audio)
+
+    def build(voices):
+        return {split: _build_split(split, size, seed, image_size, voices) for split, size in sizes.items() if size > 0}
+
+    return build_cached("dataset", key, build, with_audio, cache_dir)
+
+
+def build_cached(what, key, build, with_audio, cache_dir=None):
+    """The splits `build(voices)` returns (voices None: no audio), as a `DatasetDict` loaded from the cache folder
+    named by the hash of `key` under `cache_dir` (default `$MM_CACHE/builtin`): built and saved there the first time.
+    `what` names the data in the log."""
     folder = Path(cache_dir or _default_cache_dir()) / hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
     if (folder / "dataset_dict.json").is_file():
-        logger.info("Loading the built-in dataset from %s", folder)
+        logger.info("Loading the built-in %s from %s", what, folder)
         return datasets.load_from_disk(str(folder))
-
     voices = available_voices() if with_audio else None
     start = time.perf_counter()
-    splits = DatasetDict(
-        {split: _build_split(split, size, seed, image_size, voices) for split, size in sizes.items() if size > 0}
-    )
-    logger.info("Built the built-in dataset (%s) in %.1f s", sizes, time.perf_counter() - start)
+    splits = DatasetDict(build(voices))
+    logger.info("Built the built-in %s (%s) in %.1f s", what, dict(key["sizes"]), time.perf_counter() - start)
     _save_atomically(splits, folder)
     return datasets.load_from_disk(str(folder))
 
@@ -291,7 +299,7 @@ def _build_split(split, size, seed, image_size, voices):
     if voices:
         features["audio"] = Audio(decode=False)
     features["label"] = Value("string")
-    return _build_rows(make, size, features, split)
+    return build_rows(make, size, features, split)
 
 
 def _default_cache_dir():
@@ -309,163 +317,7 @@ def _save_atomically(splits, folder):
         shutil.rmtree(partial_folder)
 
 
-def write_folder(dataset_split, path):
-    """Write one split as files plus `metadata.jsonl`, a layout `datasets.load_dataset("imagefolder")` reads.
-
-    Images go to `000000.png`, ... (column `file_name`), audio to `000000.wav`, ... (column `audio`, a path
-    relative to the folder). It is not `audio_file_name` because the imagefolder loader turns every
-    `*_file_name` column into an *image*; `load_user_dataset` reads the `audio` paths. Other columns are
-    copied. Write several splits to `root/train`, `root/validation`, ... to get a folder with splits.
-
-    >>> write_folder(build_synthetic_dataset()["test"], "builtin_test")  # doctest: +SKIP
-    """
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    with open(path / "metadata.jsonl", "w", encoding="utf-8") as metadata:
-        for index, row in enumerate(dataset_split):
-            entry = {"file_name": f"{index:06d}.png"}
-            row["image"].save(path / entry["file_name"])
-            if "audio" in row:
-                entry["audio"] = f"{index:06d}.wav"
-                sf.write(path / entry["audio"], *decode_audio(row["audio"]))
-            entry.update({name: value for name, value in row.items() if name not in ("image", "audio")})
-            metadata.write(json.dumps(entry) + "\n")
-
-
-# ---------------------------------------------------------------------------------------------- fusion tasks
-
-FUSION_GENERATOR_VERSION = 2  # part of the fusion data's cache key: bump it whenever those rows change
-# The built-in fusion tasks: their label columns and transformers' problem types.
-FUSION_TASKS = {
-    "match": "single_label_classification",  # does the caption (text or spoken) describe the image?
-    "colours": "multi_label_classification",  # which colours appear in the image or the caption
-    "count": "regression",  # how many objects the image shows
-}
-# What a non-matching caption gets wrong: the colour of one object. Colour is what a small model trained from scratch
-# learns to see in a few hundred steps; negatives differing in shape, size, position, relation or count as well kept
-# every fusion type at chance on 2 CPU cores (docs/design.md, "Fusion").
-FUSION_NEGATIVE_CHANGES = ("colour",)
-
-
-def perturb_scene(scene, rng, changes=None):
-    """The same scene with exactly one attribute changed (a colour, a shape, the size, the position, the relation
-    or the count; `changes` limits which): what a caption that almost describes the image says.
-
-    >>> scene = Scene("count", (("red", "star"),), count=3)
-    >>> perturb_scene(scene, np.random.default_rng(0)).label != scene.label
-    True
-    """
-    options = ["colour", "shape", *{"single": ["size", "position"], "relation": ["relation"], "count": ["count"]}[scene.kind]]
-    options = [option for option in options if changes is None or option in changes]
-    while True:
-        objects = list(scene.objects)
-        change = _choose(rng, options)
-        fields = {}
-        if change in ("colour", "shape"):
-            which = int(rng.integers(len(objects)))
-            colour, shape = objects[which]
-            if change == "colour":
-                objects[which] = (_choose(rng, [c for c in COLOURS if c != colour]), shape)
-            else:
-                objects[which] = (colour, _choose(rng, [s for s in SHAPES if s != shape]))
-        elif change == "size":
-            fields["size"] = "small" if scene.size == "large" else "large"
-        elif change == "position":
-            fields["position"] = _choose(rng, [p for p in POSITIONS if p != scene.position])
-        elif change == "relation":
-            objects = objects[::-1]  # "A left of B" becomes "B left of A"
-        else:
-            fields["count"] = _choose(rng, [n for n in NUMBERS if n != scene.count])
-        perturbed = Scene(
-            scene.kind,
-            tuple(objects),
-            size=fields.get("size", scene.size),
-            position=fields.get("position", scene.position),
-            relation=scene.relation,
-            count=fields.get("count", scene.count),
-        )
-        if perturbed.label != scene.label:  # e.g. a relation of two identical objects cannot be flipped
-            return perturbed
-
-
-def make_fusion_example(index, *, split, seed, image_size, voices):
-    """Example `index` of a fusion-task split: an image, a caption (and its spoken audio) that describes it or, half
-    of the time, differs from it in one object's colour, and the labels `match` (0/1), `colours` (the colour names in the
-    image or the caption) and `count` (objects in the image, a float)."""
-    # Its own random stream (offset split index), so the contrastive data's rows never change with this one.
-    rng = np.random.default_rng([seed, 100 + SPLITS.index(split), index])
-    scene = sample_scene(rng, held_out=False)
-    matches = bool(rng.random() < 0.5)
-    said = scene if matches else perturb_scene(scene, rng, FUSION_NEGATIVE_CHANGES)
-    caption = caption_for(said, rng)
-    image = io.BytesIO()
-    draw_scene(scene, rng, image_size).save(image, format="PNG")
-    colours = sorted({colour for colour, _ in scene.objects + said.objects}, key=list(COLOURS).index)
-    example = {
-        "image": {"bytes": image.getvalue(), "path": None},
-        "caption": caption,
-        "match": int(matches),
-        "colours": colours,
-        "count": float(len(scene.objects) * scene.count),
-    }
-    if voices:
-        voice = _choose(rng, voices) + _choose(rng, VARIANTS)
-        wave = speak(caption, voice, int(rng.integers(*SPEEDS)), int(rng.integers(*PITCHES)))
-        audio = io.BytesIO()
-        sf.write(audio, wave, SAMPLING_RATE, format="WAV", subtype="PCM_16")
-        example["audio"] = {"bytes": audio.getvalue(), "path": f"{split}-{index:06d}.wav"}
-    return example
-
-
-def build_fusion_dataset(
-    num_train=2000, num_validation=200, num_test=300, image_size=64, seed=0, with_audio=True, cache_dir=None
-):
-    """Build (or load from the cache) the built-in fusion tasks: a `DatasetDict` with `train`/`validation`/`test`.
-
-    Columns: `image`, `caption`, `audio` (as in `build_synthetic_dataset`), `match` (int: 1 when the caption describes
-    the image, 0 when it differs in one object's colour; half of each), `colours` (list of str) and `count` (float). `match`
-    needs the image and a caption (text or spoken): from one of them alone it is at chance. Cached like
-    `build_synthetic_dataset`, under its own key; scenes use the seen (colour, shape) pairs in every split.
-
-    >>> data = build_fusion_dataset(num_train=8, num_validation=2, num_test=2, image_size=32)  # doctest: +SKIP
-    >>> data["train"].column_names  # doctest: +SKIP
-    ['image', 'caption', 'audio', 'match', 'colours', 'count']
-    """
-    if with_audio and shutil.which("espeak-ng") is None:
-        logger.warning(NO_ESPEAK_WARNING)
-        with_audio = False
-    sizes = {"train": num_train, "validation": num_validation, "test": num_test}
-    key = dict(
-        tasks="fusion", version=FUSION_GENERATOR_VERSION, sizes=sizes, image_size=image_size, seed=seed, audio=with_audio
-    )
-    folder = Path(cache_dir or _default_cache_dir()) / hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
-    if (folder / "dataset_dict.json").is_file():
-        logger.info("Loading the built-in fusion tasks from %s", folder)
-        return datasets.load_from_disk(str(folder))
-    voices = available_voices() if with_audio else None
-    features = Features({"image": Image(), "caption": Value("string")})
-    if voices:
-        features["audio"] = Audio(decode=False)
-    features.update({"match": Value("int64"), "colours": datasets.Sequence(Value("string")), "count": Value("float32")})
-    start = time.perf_counter()
-    splits = DatasetDict(
-        {
-            split: _build_rows(
-                partial(make_fusion_example, split=split, seed=seed, image_size=image_size, voices=voices),
-                size,
-                features,
-                f"fusion {split}",
-            )
-            for split, size in sizes.items()
-            if size > 0
-        }
-    )
-    logger.info("Built the built-in fusion tasks (%s) in %.1f s", sizes, time.perf_counter() - start)
-    _save_atomically(splits, folder)
-    return datasets.load_from_disk(str(folder))
-
-
-def _build_rows(make, size, features, name):
+def build_rows(make, size, features, name):
     """Rows `make(0)`, ..., `make(size - 1)` as a `Dataset` with `features`."""
     # Threads suffice: the heavy part, espeak-ng, runs in subprocesses, and numpy and PIL release the GIL.
     with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1)) as pool:
