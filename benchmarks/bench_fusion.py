@@ -32,12 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
 
 import run_classification  # noqa: E402
+from configuration_mm.configuration_mm import MODALITIES  # noqa: E402
 from training_mm.classification import modality_subsets  # noqa: E402
 from training_mm.fusion_data import FUSION_TASKS, build_fusion_dataset  # noqa: E402
 
 FUSION_TYPES = ("late", "gated", "concat", "cross")
 BUILTIN_SPLITS = dict(num_train=2000, num_validation=300, num_test=300)  # run_classification.py's default data
-MODALITIES = ("text", "image", "audio")
 # Sizes of the two forms: (preset, train rows, test rows, optimizer steps, batch, peak learning rate, seeds). Towers
 # trained from scratch learn nothing in a few dozen steps (every fusion type then answers the majority class): the
 # quick form trains the tiny preset for 300 steps at a high learning rate on the default 2000 rows.

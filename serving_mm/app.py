@@ -28,8 +28,10 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from training_mm.collators import MEDIA
+
 from .batching import DynamicBatcher, QueueFull
-from .index import MODALITIES, load_indexes
+from .index import load_indexes
 from .media import InputError, as_list, check_text, decode_audio, decode_image, from_base64
 from .runner import CapabilityError
 from .task_runners import MAX_GUIDANCE_SCALE, MAX_INFERENCE_STEPS
@@ -196,7 +198,7 @@ def create_app(
         item = {}
         if body.get("text") is not None:
             item["text"] = check_text(body["text"], "text")
-        for modality in MODALITIES:
+        for modality in MEDIA:
             if body.get(modality) is not None:
                 item[modality] = to_media(_one(body[modality], modality), modality, modality)
         if not item:
@@ -278,7 +280,7 @@ def create_app(
         return [to_media(value, f"{field}[{i}]", modality) for i, value in enumerate(values)]
 
     def one_media(body, what="an image or audio"):
-        present = [m for m in MODALITIES if body.get(m) is not None]
+        present = [m for m in MEDIA if body.get(m) is not None]
         if len(present) != 1:
             problem = f"send exactly one of `image` or `audio` ({what}); got {present or 'none'}."
             raise InputError("image/audio", problem)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from training_mm.data import decode_audio
 
-from .index import EXACT_THRESHOLD, MODALITIES, EmbeddingIndex
+from .index import EXACT_THRESHOLD, MEDIA, EmbeddingIndex
 from .runner import BACKENDS, load_runner
 
 logger = logging.getLogger("mm-index")
@@ -147,7 +147,7 @@ def _load(runner, modality, path):
 
 def _modality_of(path: str) -> str | None:
     suffix = Path(path).suffix.lower()
-    return next((m for m in MODALITIES if suffix in EXTENSIONS[m]), None)
+    return next((m for m in MEDIA if suffix in EXTENSIONS[m]), None)
 
 
 def _by_modality(rows, base: Path) -> dict[str, list[dict]]:
