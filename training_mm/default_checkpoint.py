@@ -19,7 +19,7 @@ def ensure_checkpoint(path, data_args):
     script = Path(__file__).resolve().parents[1] / "examples" / "run_clip.py"
     if not script.is_file():
         raise FileNotFoundError(f"{path} does not exist, and {script} is not there to train it; pass a checkpoint.")
-    logger.info("%s does not exist: training it with examples/run_clip.py first (~5 min on 2 CPU cores).", path)
+    logger.info("%s does not exist: training it with examples/run_clip.py first (about 11 min on 2 CPU cores).", path)
     spec = importlib.util.spec_from_file_location("run_clip", script)
     run_clip = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(run_clip)
