@@ -1,12 +1,11 @@
 """Shared pytest set-up: fixtures used across test files (tests/ is on sys.path under pytest's rootdir)."""
 
-import os
 import sys
 
 import datasets
 import pytest
 from hub_server import hub_server  # noqa: F401  (the local Hub fixture)
-from testers import NUM_EVAL, NUM_TRAIN, REPO_ROOT, require_espeak
+from testers import NUM_EVAL, NUM_TRAIN, REPO_ROOT, mm_cache_in, require_espeak
 
 from training_mm.synthetic_data import build_synthetic_dataset
 
@@ -19,13 +18,8 @@ def builtin_data(tmp_path_factory):
     """The tiny built-in data that `testers.TINY_RUN` asks for, cached in a session folder that MM_CACHE names, so
     every example run in the session finds it instead of generating it again."""
     require_espeak()
-    previous = os.environ.get("MM_CACHE")
-    os.environ["MM_CACHE"] = str(tmp_path_factory.mktemp("mm_cache"))
-    yield build_synthetic_dataset(num_train=NUM_TRAIN, num_validation=NUM_EVAL, num_test=NUM_EVAL, image_size=32)
-    if previous is None:
-        os.environ.pop("MM_CACHE", None)
-    else:
-        os.environ["MM_CACHE"] = previous
+    with mm_cache_in(tmp_path_factory.mktemp("mm_cache")):
+        yield build_synthetic_dataset(num_train=NUM_TRAIN, num_validation=NUM_EVAL, num_test=NUM_EVAL, image_size=32)
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,6 @@ where mm is not installed; a user folder with one label column; streamed user da
 (examples/run_lora.py --task classification)."""
 
 import json
-import os
 import re
 
 import pytest
@@ -15,6 +14,7 @@ from testers import (
     NUM_EVAL,
     NUM_TRAIN,
     TINY_RUN,
+    mm_cache_in,
     require_espeak,
     run_clean,
     save_tiny_base,
@@ -35,13 +35,8 @@ TINY = [*TINY_RUN, "--preset", "tiny", "--per_device_train_batch_size", "8", "--
 @pytest.fixture(scope="module")
 def fusion_data(tmp_path_factory):
     require_espeak()
-    previous = os.environ.get("MM_CACHE")
-    os.environ["MM_CACHE"] = str(tmp_path_factory.mktemp("mm_cache"))
-    yield build_fusion_dataset(num_train=NUM_TRAIN, num_validation=NUM_EVAL, num_test=NUM_EVAL, image_size=32)
-    if previous is None:
-        os.environ.pop("MM_CACHE", None)
-    else:
-        os.environ["MM_CACHE"] = previous
+    with mm_cache_in(tmp_path_factory.mktemp("mm_cache")):
+        yield build_fusion_dataset(num_train=NUM_TRAIN, num_validation=NUM_EVAL, num_test=NUM_EVAL, image_size=32)
 
 
 def test_builtin_tasks_from_a_checkpoint_with_frozen_towers_then_pipelines_without_mm(fusion_data, tmp_path, capsys):

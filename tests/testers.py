@@ -3,6 +3,7 @@
 Nothing here touches the network: the tokenizer is trained on synthetic captions in well under a second.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -183,3 +184,11 @@ def write_folder(dataset_split, path):
                 sf.write(path / entry["audio"], *decode_audio(row["audio"]))
             entry.update({name: value for name, value in row.items() if name not in ("image", "audio")})
             metadata.write(json.dumps(entry) + "\n")
+
+
+@contextlib.contextmanager
+def mm_cache_in(folder):
+    """`MM_CACHE` set to `folder` while the block runs (the built-in data builders cache there), then restored."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MM_CACHE", str(folder))
+        yield
