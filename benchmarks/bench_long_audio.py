@@ -47,6 +47,7 @@ def build_parser():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", default=None, help="also append one JSON line per run to this file.")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when present.")
     return parser
 
 
@@ -56,6 +57,10 @@ def resolve(args):
     args.steps = args.steps or (40 if quick else 300)
     args.train_clips = args.train_clips or (200 if quick else 1000)
     args.test_clips = args.test_clips or (100 if quick else 300)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda was asked for, but torch.cuda.is_available() is False.")
     return args
 
 
@@ -97,12 +102,13 @@ def new_model(variant, args, vocab_size, seed):
 
 
 def train_and_score(variant, seed, data, args):
-    model = new_model(variant, args, len(data["tokenizer"]), seed)
+    model = new_model(variant, args, len(data["tokenizer"]), seed).to(args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.05)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, args.steps // 10), args.steps)
     generator = torch.Generator().manual_seed(seed)
     train = data["train"]
     order = torch.randperm(len(train["ids"]), generator=generator)
+    train = {name: value.to(args.device) if torch.is_tensor(value) else value for name, value in train.items()}
     model.train()
     start = time.perf_counter()
     losses = []
@@ -128,7 +134,8 @@ def train_and_score(variant, seed, data, args):
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
     seconds_per_step = (time.perf_counter() - start) / args.steps
-    return {**score(model, data["test"]), "s/step": seconds_per_step, "final loss": statistics.mean(losses[-10:])}
+    test = {name: value.to(args.device) if torch.is_tensor(value) else value for name, value in data["test"].items()}
+    return {**score(model, test), "s/step": seconds_per_step, "final loss": statistics.mean(losses[-10:])}
 
 
 @torch.no_grad()
@@ -143,8 +150,8 @@ def score(model, test, batch_size=64):
                 input_features=test["features"][part], audio_attention_mask=test["audio_mask"][part]
             ).pooler_output
         )
-    text = torch.nn.functional.normalize(torch.cat(texts), dim=-1)
-    audio = torch.nn.functional.normalize(torch.cat(audios), dim=-1)
+    text = torch.nn.functional.normalize(torch.cat(texts), dim=-1).cpu()
+    audio = torch.nn.functional.normalize(torch.cat(audios), dim=-1).cpu()
     keys = test["labels"]
     metrics = {}
     for name, (queries, gallery) in {"text->audio": (text, audio), "audio->text": (audio, text)}.items():
@@ -194,7 +201,7 @@ def main(argv=None):
     print(
         f"{args.clip_seconds:g} s clips ({positions} positions after the stem), {len(data['train']['ids'])} train / "
         f"{len(data['test']['ids'])} test clips, {args.steps} steps of {args.batch_size}, seeds {args.seeds}, "
-        f"torch threads {torch.get_num_threads()}"
+        f"{device_description(args.device)}"
     )
     runs = {}
     for variant in args.variants:
@@ -208,6 +215,12 @@ def main(argv=None):
                     handle.write(line + "\n")
     args.test_labels = list(data["test"]["labels"])
     report(runs, args)
+
+
+def device_description(device):
+    if device == "cuda":
+        return f"cuda: {torch.cuda.get_device_name()}, float32"
+    return f"cpu, {torch.get_num_threads()} torch thread(s), float32"
 
 
 def report(runs, args):
