@@ -229,6 +229,29 @@ def test_audio_batch_equals_single(feature_extractor):
         assert (batch[index, :, single.shape[-1] :] == feature_extractor.padding_value).all()
 
 
+def test_log_mel_runs_on_one_thread_and_leaves_torch_threads_as_they_were(feature_extractor, monkeypatch):
+    # One clip's ops are too small for several intra-op threads (on a busy machine each waits on the others); the
+    # extractor runs them on one and must hand the caller's setting back, also when a clip fails.
+    seen = []
+    batch_log_mel = MMFeatureExtractor._batch_log_mel
+
+    def counting(self, *args):
+        seen.append(torch.get_num_threads())
+        return batch_log_mel(self, *args)
+
+    monkeypatch.setattr(MMFeatureExtractor, "_batch_log_mel", counting)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        feature_extractor([tone(0.5), tone(0.25, 880)], sampling_rate=16000)
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+        with pytest.raises(ValueError):
+            feature_extractor([tone(0.5), np.full(800, np.nan, np.float32)], sampling_rate=16000)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_features_match_whisper():
     # Same recipe as Whisper's extractor, so its 80-bin features are reproduced (Whisper pads to 30 s, so compare
     # with padding="longest" on one clip).
