@@ -452,6 +452,8 @@ class MMConfig(PreTrainedConfig):
         default_task (`str`, *optional*): the task whose logits `MMForClassification` returns as `logits`
             (default: the first of `tasks` as given; they are kept in name order).
         task_loss_weighting (`str`): with several tasks, `"uncertainty"` (learned, Kendall et al. 2018) or `"sum"`.
+        task_loss_weights (`dict[str, float]`, optional): a weight on each task's loss term (a missing task weighs 1),
+            under either weighting. The meta-controller sets it with `task_weights=True`.
         focal_loss_gamma (`float`): 0 for cross-entropy; > 0 for the focal loss (Lin et al. 2017) of
             single- and multi-label classification, which down-weights the examples already classified well.
 
@@ -495,6 +497,7 @@ class MMConfig(PreTrainedConfig):
         default_task=None,
         task_loss_weighting="uncertainty",
         focal_loss_gamma=0.0,
+        task_loss_weights=None,
         **kwargs,
     ):
         self.text_config = _as_config(MMTextConfig, text_config)
@@ -519,6 +522,7 @@ class MMConfig(PreTrainedConfig):
         self.tasks = _normalized_tasks(tasks)
         self.default_task = default_task if default_task is not None else next(iter(tasks or {}), None)
         self.task_loss_weighting = task_loss_weighting
+        self.task_loss_weights = task_loss_weights
         self.focal_loss_gamma = focal_loss_gamma
         self.tie_word_embeddings = tie_word_embeddings
         self.projection_dim = projection_dim
@@ -563,6 +567,16 @@ class MMConfig(PreTrainedConfig):
             raise ValueError(f"MMConfig.focal_loss_gamma must be a number >= 0 (0: cross-entropy), got {gamma!r}.")
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
             raise ValueError(f"MMConfig.problem_type must be one of {list(PROBLEM_TYPES)}, got {self.problem_type!r}.")
+        weights = self.task_loss_weights
+        if weights is not None and (
+            not isinstance(weights, dict)
+            or not set(weights) <= set(self.tasks or {})
+            or not all(isinstance(w, (int, float)) and w >= 0 for w in weights.values())
+        ):
+            raise ValueError(
+                f"MMConfig.task_loss_weights takes non-negative weights keyed by the tasks {list(self.tasks or {})}; "
+                f"got {weights!r}."
+            )
         if not self.tasks:
             if self.default_task is not None:
                 raise ValueError(

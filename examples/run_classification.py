@@ -51,7 +51,12 @@ from training_mm.output_folder import prepare_output, push_output_folder, save_o
 from training_mm.processors import image_size_of, load_processor, new_processor
 from training_mm.script_arguments import DataArguments, parse_script_args, setup_logging
 from training_mm.splits import check_splits, load_splits
-from training_mm.trainer_steps import train_and_collect_losses, trainer_hyperparameters
+from training_mm.trainer_steps import (
+    meta_controller_callback,
+    run_before_reporting,
+    train_and_collect_losses,
+    trainer_hyperparameters,
+)
 from training_mm.hub import describe_model
 from training_mm.fusion_data import FUSION_TASKS, build_fusion_dataset
 
@@ -98,6 +103,14 @@ class ModelArguments:
     )
     freeze_towers_steps: int = field(
         default=0, metadata={"help": "Staged training: keep the towers frozen for the first N optimizer steps."}
+    )
+    meta_controller: bool = field(
+        default=False,
+        metadata={
+            "help": "Scale the learning rate with training_mm.meta_controller.MetaControllerCallback. From trained "
+            "weights (--model_name_or_path, --*_encoder) it never raises the LR beyond the schedule on small "
+            "updates alone (min_update_ratio=0)."
+        },
     )
 
 
@@ -173,6 +186,11 @@ def main(argv=None):
 
     # 5. Training.
     callbacks = [FreezeTowersCallback(model_args.freeze_towers_steps)] if model_args.freeze_towers_steps else []
+    controller = None
+    if model_args.meta_controller:
+        pretrained = bool(model_args.model_name_or_path or any(encoder_paths(model_args).values()))
+        controller = meta_controller_callback(pretrained)
+        callbacks.append(controller)
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -182,6 +200,8 @@ def main(argv=None):
         processing_class=processor,
         callbacks=callbacks,
     )
+    if controller is not None:
+        run_before_reporting(trainer, controller)  # so `--report_to tensorboard` also plots the meta_* values
     metrics = train_and_collect_losses(trainer, output.resume)
 
     # 6. Held-out metrics with every subset of the modalities.

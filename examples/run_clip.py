@@ -37,7 +37,12 @@ from training_mm.output_folder import prepare_output, push_output_folder, save_e
 from training_mm.processors import image_size_of, load_processor, new_processor
 from training_mm.script_arguments import DataArguments, parse_script_args, setup_logging
 from training_mm.splits import check_splits, load_splits
-from training_mm.trainer_steps import run_before_reporting, train_and_collect_losses, trainer_hyperparameters
+from training_mm.trainer_steps import (
+    meta_controller_callback,
+    run_before_reporting,
+    train_and_collect_losses,
+    trainer_hyperparameters,
+)
 from training_mm.augmentation import CaptionAwareAugmentation
 from training_mm.collators import ContrastiveCollator
 from training_mm.data_workers import dataloader_workers
@@ -234,14 +239,10 @@ def main(argv=None):
     # 6. Training, stopped at the first non-finite loss or gradient (and before saving non-finite weights).
     callbacks = []
     if model_args.meta_controller:
-        from training_mm.meta_controller import MIN_UPDATE_RATIO, MetaControllerCallback
-
-        # Starting from trained weights, a small learning rate is deliberate: the controller may cut it and bring
-        # it back, but not raise it beyond the schedule on small updates alone (see its min_update_ratio).
         pretrained = any(
             (model_args.model_name_or_path, model_args.text_encoder, model_args.vision_encoder, model_args.audio_encoder)
         )
-        callbacks.append(MetaControllerCallback(min_update_ratio=0.0 if pretrained else MIN_UPDATE_RATIO))
+        callbacks.append(meta_controller_callback(pretrained))
     if data_args.augment:
         train_split = augmented(train_split, modalities)
     trainer = Trainer(

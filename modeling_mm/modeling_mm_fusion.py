@@ -267,17 +267,19 @@ class MMForClassification(MMPreTrainedModel):
         if len(losses) == 1 and len(self.tasks) == 1:
             return next(iter(losses.values())), losses
         total = 0.0
+        weights = getattr(self.config, "task_loss_weights", None) or {}  # e.g. set by the meta-controller
         for position, (name, spec) in enumerate(self.tasks.items()):
             if name not in losses:
                 continue
+            weighted = weights.get(name, 1.0) * losses[name]
             if self.task_log_variance is None:
-                total = total + losses[name]
+                total = total + weighted
                 continue
             # Kendall et al. 2018, eq. 10 with s = log sigma^2: regression 1/(2 sigma^2) L + log sigma,
             # classification 1/sigma^2 L + log sigma.
             log_variance = self.task_log_variance[position]
             scale = 0.5 if spec["problem_type"] == "regression" else 1.0
-            total = total + scale * torch.exp(-log_variance) * losses[name] + 0.5 * log_variance
+            total = total + scale * torch.exp(-log_variance) * weighted + 0.5 * log_variance
         return total, losses
 
 

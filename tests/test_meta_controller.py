@@ -459,6 +459,79 @@ def test_adaptations_are_logged_recorded_in_the_config_and_resumed_exactly(tmp_p
     assert resumed.model.config.contrastive_pair_weights == weights
 
 
+CLASSIFIER_TASKS = {
+    "kind": {"problem_type": "single_label_classification", "labels": ["a", "b", "c"]},
+    "size": {"problem_type": "regression"},
+}
+
+
+def train_tiny_classifier(output_dir, *callbacks, steps=12, **kwargs):
+    """A few Trainer steps of a tiny two-task MMForClassification (plain sum of the task losses) on fixed random
+    text and images; returns the trainer."""
+    from configuration_mm import MMConfig
+    from modeling_mm import MMForClassification
+
+    torch.manual_seed(0)
+    model = MMForClassification(MMConfig.from_preset("tiny", tasks=CLASSIFIER_TASKS, task_loss_weighting="sum"))
+    generator = torch.Generator().manual_seed(0)
+    rows = [
+        {
+            "input_ids": torch.randint(4, 400, (8,), generator=generator),
+            "pixel_values": torch.randn(3, 32, 32, generator=generator),
+            "kind": i % 3,
+            "size": float(i % 5) - 2.0,
+        }
+        for i in range(32)
+    ]
+
+    def collate(batch):
+        return {
+            "input_ids": torch.stack([row["input_ids"] for row in batch]),
+            "pixel_values": torch.stack([row["pixel_values"] for row in batch]),
+            "labels": {"kind": torch.tensor([row["kind"] for row in batch]), "size": torch.tensor([row["size"] for row in batch])},
+        }
+
+    args = TrainingArguments(
+        output_dir, max_steps=steps, learning_rate=1e-3, per_device_train_batch_size=8, report_to="none",
+        use_cpu=True, disable_tqdm=True, logging_steps=3, save_strategy="steps", save_steps=6, seed=0,
+        remove_unused_columns=False, **kwargs,
+    )  # fmt: skip
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=list(callbacks))
+    trainer.train(resume_from_checkpoint=kwargs.get("resume_from_checkpoint"))
+    return trainer
+
+
+def test_task_loss_weights_are_adapted_recorded_in_the_config_and_resumed_exactly(tmp_path):
+    import json
+
+    controller = MetaControllerCallback(interval=3, task_weights=True)
+    trainer = train_tiny_classifier(tmp_path, controller)
+    weights = controller.adaptations.task_weights
+    assert set(weights) == set(CLASSIFIER_TASKS) and weights["kind"] != weights["size"]
+    assert sum(weights.values()) / len(weights) == pytest.approx(1.0)  # the loss keeps its scale
+    assert trainer.model.config.task_loss_weights == weights
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert all({"meta_task_weight_kind", "meta_task_weight_size"} <= entry.keys() for entry in logs)
+    saved = json.loads((tmp_path / "checkpoint-6" / "config.json").read_text())
+    assert saved["meta_controller_adaptations"]["task_loss_weights"] == saved["task_loss_weights"]
+    # The model's loss weighs each task's term by them.
+    model = trainer.model.eval()
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    model.config.task_loss_weights = {"kind": 2.0, "size": 0.0}
+    out = model(**batch)
+    torch.testing.assert_close(out.loss, 2 * out.task_losses["kind"])
+    # Resume from step 6: the weights continue exactly as in the uninterrupted run.
+    resumed_controller = MetaControllerCallback(interval=3, task_weights=True)
+    resumed = train_tiny_classifier(tmp_path, resumed_controller, resume_from_checkpoint=str(tmp_path / "checkpoint-6"))
+    assert resumed_controller.adaptations.state() == controller.adaptations.state()
+    assert resumed.model.config.task_loss_weights == weights
+
+
+def test_task_weights_need_a_multi_task_model(tmp_path):
+    with pytest.raises(ValueError, match="task_weights=True.*two or more `tasks`"):
+        train_tiny_mm(tmp_path, MetaControllerCallback(task_weights=True), steps=1)
+
+
 def test_modality_dropout_rises_when_the_eval_metric_worsens_while_the_loss_falls():
     from types import SimpleNamespace
 

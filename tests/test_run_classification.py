@@ -122,6 +122,25 @@ def test_user_folder_with_one_label_column_as_classes(fusion_data, tmp_path):
 
 
 
+def test_meta_controller_trains_the_classifier(fusion_data, tmp_path, monkeypatch):
+    """--meta_controller: the run trains under MetaControllerCallback, built as run_clip builds it from scratch."""
+    import training_mm.meta_controller as meta_controller
+
+    built = []
+
+    class Recorded(meta_controller.MetaControllerCallback):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(meta_controller, "MetaControllerCallback", Recorded)
+    run_classification.main(
+        [*TINY, "--meta_controller", "--learning_rate", "1e-3", "--output_dir", str(tmp_path / "out")]
+    )  # fmt: skip
+    assert len(built) == 1 and built[0].config["min_update_ratio"] == meta_controller.MIN_UPDATE_RATIO
+    assert built[0].peak_lr == pytest.approx(1e-3)  # it saw the run's optimizer at on_train_begin
+
+
 def test_streamed_user_data_and_a_held_out_class_unseen_in_training(fusion_data, tmp_path):
     """--streaming reads a user folder as it trains (classes from the streamed training rows); a held-out label the
     training split never has is refused before training, naming the split, the column and the value."""

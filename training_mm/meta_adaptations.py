@@ -3,6 +3,8 @@
 - `pair_weights`: per-modality-pair weights of MMModel's contrastive loss (`config.contrastive_pair_weights`).
   A pair whose loss has fallen less, relative to its first window, gets more weight (a weak modality that learns
   slower is pushed harder); the weights average 1, so the loss keeps its scale.
+- `task_weights`: per-task weights of MMForClassification's multi-task loss (`config.task_loss_weights`), set the
+  same way from each task's loss (`output.task_losses`): a task that learns slower gets more weight.
 - `dropout_attribute`: the name of a config attribute holding a modality-dropout rate that the model reads at
   each forward (e.g. `"modality_dropout"`; a dotted path reaches a sub-config, as in MMForClassification's
   `"fusion_encoder_config.modality_dropout"`). After an evaluation whose metric got worse while the training loss
@@ -33,21 +35,27 @@ DROPOUT_MAX = 0.5
 
 
 class Adaptations:
-    def __init__(self, pair_weights=False, dropout_attribute=None, staged_modules=()):
+    def __init__(self, pair_weights=False, dropout_attribute=None, staged_modules=(), task_weights=False):
         self.pair_weights_on = pair_weights
+        self.task_weights_on = task_weights
         self.dropout_attribute = dropout_attribute
         self.staged_modules = tuple(staged_modules)
         self.reset()
 
     @property
     def active(self):
-        return self.pair_weights_on or self.dropout_attribute is not None or bool(self.staged_modules)
+        return (
+            self.pair_weights_on or self.task_weights_on or self.dropout_attribute is not None or bool(self.staged_modules)
+        )
 
     def reset(self):
         # JSON-serialisable, checkpointed as is.
         self.pair_weights = None  # {pair: weight}
         self.pair_reference = {}  # {pair: mean loss of its first window}
         self.pair_window = {}  # {pair: [sum, count]} of the current window
+        self.task_weights = None  # {task: weight}; task_reference and task_window as for the pairs
+        self.task_reference = {}
+        self.task_window = {}
         self.dropout_rate = None
         self.released_at = {prefix: None for prefix in self.staged_modules}
 
@@ -56,6 +64,12 @@ class Adaptations:
         if not self.active:
             return
         config = model.config
+        if self.task_weights_on and len(getattr(config, "tasks", None) or {}) < 2:
+            raise ValueError(
+                f"MetaControllerCallback(task_weights=True) weighs the tasks of a multi-task MMForClassification, but "
+                f"this model's config has tasks {getattr(config, 'tasks', None)!r}; pass task_weights=False, or train "
+                f"a model with two or more `tasks`."
+            )
         if self.dropout_attribute is not None:
             owner, name = _owner(config, self.dropout_attribute)
             if owner is None or not hasattr(owner, name):
@@ -83,7 +97,12 @@ class Adaptations:
         self.apply(model)
 
     def observe(self, output):
-        """Per-pair contrastive losses of a training forward (symmetric cross-entropy on the diagonal)."""
+        """Per-task losses and per-pair contrastive losses (symmetric cross-entropy on the diagonal) of a training
+        forward."""
+        if self.task_weights_on:
+            task_losses = output.get("task_losses") if isinstance(output, dict) else getattr(output, "task_losses", None)
+            for task, loss in (task_losses or {}).items():
+                _accumulate(self.task_window, task, loss.detach().float().item())
         if not self.pair_weights_on:
             return
         for pair, field in PAIR_LOGITS:
@@ -95,9 +114,7 @@ class Adaptations:
             loss = (
                 torch.nn.functional.cross_entropy(logits, targets) + torch.nn.functional.cross_entropy(logits.t(), targets)
             ) / 2
-            total = self.pair_window.setdefault(pair, [0.0, 0])
-            total[0] += loss.item()
-            total[1] += 1
+            _accumulate(self.pair_window, pair, loss.item())
 
     def hold(self, model):
         """Drop the gradients of the staged modules not yet released, so the optimizer skips them."""
@@ -112,20 +129,15 @@ class Adaptations:
         """One decision: returns the `meta_*` values to log."""
         logs = {}
         if self.pair_weights_on and self.pair_window:
-            losses = {pair: total / count for pair, (total, count) in self.pair_window.items() if count}
-            for pair, loss in losses.items():
-                self.pair_reference.setdefault(pair, loss)
-            progress = {pair: loss / self.pair_reference[pair] for pair, loss in losses.items()}
-            target = {pair: value / mean(list(progress.values())) for pair, value in progress.items()}
-            old = self.pair_weights or {pair: 1.0 for pair in target}
-            low, high = PAIR_WEIGHT_RANGE
-            self.pair_weights = {
-                pair: min(max(old.get(pair, 1.0) + PAIR_WEIGHT_SMOOTHING * (target[pair] - old.get(pair, 1.0)), low), high)
-                for pair in target
-            }
+            self.pair_weights = rebalanced(self.pair_weights, self.pair_window, self.pair_reference)
             self.pair_window = {}
         if self.pair_weights:
             logs.update({f"meta_pair_weight_{pair}": weight for pair, weight in self.pair_weights.items()})
+        if self.task_weights_on and self.task_window:
+            self.task_weights = rebalanced(self.task_weights, self.task_window, self.task_reference)
+            self.task_window = {}
+        if self.task_weights:
+            logs.update({f"meta_task_weight_{task}": weight for task, weight in self.task_weights.items()})
         if self.dropout_attribute is not None:
             if eval_trend > 0 and loss_fell:
                 self.dropout_rate = min(self.dropout_rate + DROPOUT_STEP, DROPOUT_MAX)
@@ -146,6 +158,9 @@ class Adaptations:
         if self.pair_weights_on:
             config.contrastive_pair_weights = self.pair_weights
             record["contrastive_pair_weights"] = self.pair_weights
+        if self.task_weights_on:
+            config.task_loss_weights = self.task_weights
+            record["task_loss_weights"] = self.task_weights
         if self.dropout_attribute is not None:
             owner, name = _owner(config, self.dropout_attribute)
             setattr(owner, name, self.dropout_rate)
@@ -154,14 +169,43 @@ class Adaptations:
             record["staged_modules_released_at_step"] = dict(self.released_at)
         config.meta_controller_adaptations = record
 
-    _STATE = ("pair_weights", "pair_reference", "pair_window", "dropout_rate", "released_at")
+    _STATE = (
+        "pair_weights", "pair_reference", "pair_window", "task_weights", "task_reference", "task_window",
+        "dropout_rate", "released_at",
+    )  # fmt: skip
 
     def state(self):
         return {name: getattr(self, name) for name in self._STATE}
 
     def load_state(self, state):
         for name in self._STATE:
-            setattr(self, name, state[name])
+            if name in state:  # a checkpoint from before the task weights keeps their fresh values
+                setattr(self, name, state[name])
+
+
+def _accumulate(window, name, loss):
+    total = window.setdefault(name, [0.0, 0])
+    total[0] += loss
+    total[1] += 1
+
+
+def rebalanced(weights, window, reference):
+    """New weights of several losses (modality pairs, tasks) from one window: `window` holds `{name: [sum, count]}` of
+    each loss, `reference` (updated here) each loss's first window mean. A loss that has fallen less, relative to its
+    reference, gets more weight; the targets average 1, each step moves `PAIR_WEIGHT_SMOOTHING` of the way to them,
+    within `PAIR_WEIGHT_RANGE`."""
+    losses = {name: total / count for name, (total, count) in window.items() if count}
+    for name, loss in losses.items():
+        reference.setdefault(name, loss)
+    progress = {name: loss / max(reference[name], 1e-12) for name, loss in losses.items()}
+    average = mean(list(progress.values())) or 1.0
+    target = {name: value / average for name, value in progress.items()}
+    old = weights or {name: 1.0 for name in target}
+    low, high = PAIR_WEIGHT_RANGE
+    return {
+        name: min(max(old.get(name, 1.0) + PAIR_WEIGHT_SMOOTHING * (target[name] - old.get(name, 1.0)), low), high)
+        for name in target
+    }
 
 
 def _owner(config, path):

@@ -85,7 +85,9 @@ HISTORY_COLUMNS = ("step", *FEATURES, "decided_log_multiplier", "meta_loss")
 # "rules": the rules alone, no learned part (the ablation's rules-only arm).
 POLICIES = ("hypergradient", "trend", "rules")
 # Arguments added after the first release: a checkpoint written without them was built with these values.
-_LATER_DEFAULTS = {"policy": "hypergradient", "pair_weights": False, "dropout_attribute": None, "staged_modules": []}
+_LATER_DEFAULTS = {
+    "policy": "hypergradient", "pair_weights": False, "dropout_attribute": None, "staged_modules": [], "task_weights": False
+}  # fmt: skip
 
 
 class MetaControllerCallback(TrainerCallback):
@@ -114,6 +116,9 @@ class MetaControllerCallback(TrainerCallback):
             `"fusion_encoder_config.modality_dropout"`); raised when the eval metric worsens while the training loss falls.
         staged_modules (`tuple[str]`, defaults to ()): parameter-name prefixes (e.g. `("vision_model",)`) held
             frozen until the training loss stops falling significantly; leave them trainable in the model.
+        task_weights (`bool`, defaults to False): adapt the per-task weights of a multi-task MMForClassification's
+            loss (`config.task_loss_weights`) from each task's loss (`output.task_losses`): a task whose loss falls
+            slower gets more weight.
 
     The adaptations' values in force are logged (`meta_*`), checkpointed with the controller and written to the
     model's config (`config.meta_controller_adaptations`), so the saved model records what it trained with.
@@ -139,6 +144,7 @@ class MetaControllerCallback(TrainerCallback):
         pair_weights: bool = False,
         dropout_attribute: str | None = None,
         staged_modules: tuple[str, ...] = (),
+        task_weights: bool = False,
     ):
         if interval < 3:
             raise ValueError(
@@ -180,8 +186,9 @@ class MetaControllerCallback(TrainerCallback):
             "pair_weights": pair_weights,
             "dropout_attribute": dropout_attribute,
             "staged_modules": list(staged_modules),
+            "task_weights": task_weights,
         }
-        self.adaptations = Adaptations(pair_weights, dropout_attribute, staged_modules)
+        self.adaptations = Adaptations(pair_weights, dropout_attribute, staged_modules, task_weights)
         self._hook = None
         self._reset()
 

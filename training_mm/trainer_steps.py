@@ -1,5 +1,5 @@
-"""What the scripts do with their `Trainer` besides building it: order the meta-controller ahead of the reporting
-integrations, train and collect the losses, and read the hyper-parameters the model card reports."""
+"""What the scripts do with their `Trainer` besides building it: build the meta-controller and order it ahead of the
+reporting integrations, train and collect the losses, and read the hyper-parameters the model card reports."""
 
 from transformers.integrations import INTEGRATION_TO_CALLBACK
 
@@ -17,6 +17,15 @@ def run_before_reporting(trainer, callback):
     reporting = tuple(INTEGRATION_TO_CALLBACK.values())
     first = next((i for i, other in enumerate(callbacks) if isinstance(other, reporting)), len(callbacks))
     callbacks.insert(first, callback)
+
+
+def meta_controller_callback(pretrained, **kwargs):
+    """The scripts' `--meta_controller` callback (`kwargs` go to `MetaControllerCallback`). Starting from trained
+    weights (`pretrained`), a small learning rate is deliberate: the controller may cut it and bring it back, but not
+    raise it beyond the schedule on small updates alone (`min_update_ratio=0`)."""
+    from .meta_controller import MIN_UPDATE_RATIO, MetaControllerCallback
+
+    return MetaControllerCallback(min_update_ratio=0.0 if pretrained else MIN_UPDATE_RATIO, **kwargs)
 
 
 def train_and_collect_losses(trainer, resume):
