@@ -204,8 +204,8 @@ def main(argv=None):
         f"{device_description(args.device)}"
     )
     runs = {}
-    for variant in args.variants:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed by seed: a run stopped early still compares every variant on its first seeds
+        for variant in args.variants:
             result = train_and_score(variant, seed, data, args)
             runs.setdefault(variant, []).append(result)
             line = json.dumps({"variant": variant, "seed": seed, **{k: round(v, 4) for k, v in result.items()}})
