@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's generation figures on one GPU: the judge (run_clip.py with its defaults), a speech-to-text captioner on
+# The generation examples at full length on one GPU: the judge (run_clip.py with its defaults), a speech-to-text captioner on
 # its towers (run_captioning.py --modality audio), text-to-speech with its WER, and a longer text-to-image run. Each
 # example's output goes to $OUT/<name>.log, the result folders (weights left out) to $OUT/results.tar.gz.
 # Data: $MM_CACHE, default outputs/gpu/cache, written by scripts/pack_builtin_data.py where espeak-ng is installed.
