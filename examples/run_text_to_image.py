@@ -36,10 +36,10 @@ from transformers import HfArgumentParser, set_seed
 from configuration_mm import MMConfig
 from modeling_mm import MMModel, MMTextModel
 from modeling_mm.pipeline_mm_text_to_image import MMTextToImagePipeline, build_text_to_image_unet, diffusion_loss
-from training_mm.default_checkpoint import DEFAULT_CHECKPOINT, ensure_checkpoint
+from training_mm.default_checkpoint import ensure_checkpoint
 from training_mm.output_folder import check_output_dir
 from training_mm.processors import load_processor, new_processor
-from training_mm.script_arguments import DataArguments
+from training_mm.script_arguments import DataArguments, GenerationArguments
 from training_mm.splits import load_splits
 from training_mm.text_to_image import (
     ImageCaptionCollator,
@@ -55,19 +55,13 @@ logger = logging.getLogger("run_text_to_image")
 
 
 @dataclass
-class ModelArguments:
-    text_model_name_or_path: str = field(
-        default=DEFAULT_CHECKPOINT,
-        metadata={"help": "An mm checkpoint whose (frozen) text tower and tokenizer condition the UNet, or `fresh` for "
-                          "an untrained `small` text tower. The default is trained by run_clip.py if missing."},
-    )
-    judge_model_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "The contrastive mm checkpoint that scores the images. Default: --text_model_name_or_path, "
-                          "or outputs/run_clip-small with a fresh tower."},
-    )
+class ModelArguments(GenerationArguments):
+    """The UNet conditioned on the (frozen) text tower of `--text_model_name_or_path`, or on an untrained `small`
+    tower with `fresh`."""
+
     image_size: int = field(default=32, metadata={"help": "Side of the generated images, in pixels."})
     unet_channels: str = field(default="32,64,64", metadata={"help": "UNet channels per resolution level."})
+    num_eval_prompts: int = field(default=96, metadata={"help": "Held-out single-object captions generated."})
 
 
 @dataclass
@@ -85,7 +79,6 @@ class TextToImageArguments:
     )
     num_inference_steps: int = field(default=25, metadata={"help": "DDIM steps when evaluating."})
     guidance_scales: str = field(default="1,3,7", metadata={"help": "Guidance scales evaluated, comma-separated."})
-    num_eval_prompts: int = field(default=96, metadata={"help": "Held-out single-object captions generated."})
     logging_steps: int = 20
 
 
@@ -102,10 +95,8 @@ def main(argv=None):
 
     # 2. The text tower, its tokenizer and the judge.
     text_model, processor = load_text_tower(model_args, data_args)
-    judge_path = model_args.judge_model_name_or_path or (
-        model_args.text_model_name_or_path if model_args.text_model_name_or_path != "fresh" else DEFAULT_CHECKPOINT
-    )
-    judge = MMModel.from_pretrained(ensure_checkpoint(judge_path, data_args)).eval()
+    judge_path = ensure_checkpoint(model_args.judge_path(), data_args)
+    judge = MMModel.from_pretrained(judge_path).eval()
     judge_processor = load_processor(judge_path, judge.config)
 
     # 3. Data: the judge's image size, so the built-in data is the one run_clip.py cached.
@@ -144,7 +135,7 @@ def main(argv=None):
         held_out = "test" if "test" in splits else "validation"
         measured, images = evaluate(pipe, judge, judge_processor, splits, held_out, model_args, args)
         metrics.update(measured)
-        print(format_report(measured, held_out, dataset_name, args))
+        print(format_report(measured, held_out, dataset_name, args, model_args.num_eval_prompts))
         pipe.save_pretrained(output_dir)
         columns = 1 + len(args.guidance_scales.split(","))  # real, then one per guidance scale
         image_grid(images, columns=columns).save(output_dir / "samples.png")
@@ -218,7 +209,7 @@ def evaluate(pipe, judge, judge_processor, splits, held_out, model_args, args):
     def fits(row):  # captions the text tower reads whole (a longer prompt is refused by the pipeline)
         return len(pipe.tokenizer(row["caption"])["input_ids"]) <= pipe.max_prompt_tokens
 
-    rows = list(islice(filter(fits, single_object_rows(splits[held_out])), args.num_eval_prompts))
+    rows = list(islice(filter(fits, single_object_rows(splits[held_out])), model_args.num_eval_prompts))
     if not rows:
         raise ValueError(f"The {held_out} split has no single-object scenes (label 'small|large colour shape ...').")
     size = model_args.image_size
@@ -257,10 +248,10 @@ def _scores(name, judge, judge_processor, features, judged, compared, real, colo
     return {f"{name} {key}": value for key, value in scores.items()}
 
 
-def format_report(metrics, split, dataset_name, args):
+def format_report(metrics, split, dataset_name, args, num_prompts):
     order = ["real", "noise"] + [f"guidance {float(s):g}" for s in args.guidance_scales.split(",")]
     lines = [
-        f"{args.num_eval_prompts} (at most) single-object scenes of {dataset_name!r} {split}, "
+        f"{num_prompts} (at most) single-object scenes of {dataset_name!r} {split}, "
         f"{args.num_inference_steps} DDIM steps; judge: zero-shot over 36 'a {{colour}} {{shape}}' captions; FID/KID "
         "on the judge's image embeddings (not Inception: not comparable to published FID):",
         f"{'images':<14}{'colour acc':>12}{'shape acc':>12}{'both':>8}{'FID':>10}{'KID':>10}",

@@ -6,11 +6,17 @@ waveform. The saved folder speaks with `pipeline("text-to-speech", model=folder,
 With no arguments it starts from `outputs/run_clip-small` (trained first by run_clip.py when missing), trains on the
 built-in data with `Trainer`, and prints, for held-out test captions, the mel-cepstral distortion of the generated
 clips against the espeak-ng references and audio->text retrieval recall by the contrastive model (and, with
---captioner_name_or_path, a speech-to-text mm captioner from `run_captioning.py --modality audio`, the WER), each next
-to the real clips and noise; it writes WAV samples and the model folder to outputs/run_text_to_speech:
+--captioner_name_or_path, the WER of a speech-to-text mm captioner's transcripts), each next to the real clips (the
+ceiling) and to noise and silence (the floor); it writes WAV samples and the model folder to
+outputs/run_text_to_speech:
 
     python examples/run_text_to_speech.py
+    python examples/run_captioning.py --modality audio --model_name_or_path outputs/run_clip-small \\
+        --output_dir outputs/run_captioning-audio                    # a captioner that transcribes the spoken captions
     python examples/run_text_to_speech.py --captioner_name_or_path outputs/run_captioning-audio
+
+WER is an option of this script rather than a benchmark of its own because it scores the clips the script has just
+generated, next to MCD and recall on the same clips; it is optional because training the captioner takes minutes.
 
 `main(argv)` is importable and returns the measured metrics.
 """
@@ -30,10 +36,12 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from configuration_mm import MMConfig, MMSpeechConfig
 from modeling_mm import MMForConditionalGeneration, MMForTextToSpeech, MMModel
-from training_mm.default_checkpoint import DEFAULT_CHECKPOINT, ensure_checkpoint
+from training_mm.captioning import generate_captions
+from training_mm.default_checkpoint import ensure_checkpoint
 from training_mm.output_folder import check_output_dir
 from training_mm.processors import load_processor
-from training_mm.script_arguments import DataArguments, setup_logging
+from training_mm.data_workers import dataloader_workers
+from training_mm.script_arguments import DataArguments, GenerationArguments, setup_logging
 from training_mm.splits import load_splits
 from training_mm.trainer_steps import train_and_collect_losses
 from training_mm.data import SAMPLING_RATE, decode_audio
@@ -44,19 +52,18 @@ logger = logging.getLogger("run_text_to_speech")
 
 
 @dataclass
-class ModelArguments:
-    model_name_or_path: str = field(
-        default=DEFAULT_CHECKPOINT,
-        metadata={"help": "The mm checkpoint whose text tower (and tokenizer) speaks; it also scores retrieval. The "
-                          "default is trained by run_clip.py if missing."},
-    )
+class ModelArguments(GenerationArguments):
+    """The speech head on the text tower of `--text_model_name_or_path` (its judge by default too), and the optional
+    speech-to-text captioner that measures the WER."""
+
     train_text_model: bool = field(default=False, metadata={"help": "Train the text tower too (default: frozen)."})
     captioner_name_or_path: str | None = field(
-        default=None, metadata={"help": "An mm speech-to-text captioner (run_captioning.py --modality audio) for WER."}
+        default=None,
+        metadata={"help": "An mm speech-to-text captioner (run_captioning.py --modality audio) that transcribes the "
+                          "generated, real, noise and silent clips for their WER (jiwer)."},
     )
     hidden_size: int = 192
     num_hidden_layers: int = 3
-    num_eval_clips: int = 48
 
 
 @dataclass
@@ -73,7 +80,8 @@ class SpeechTrainingArguments(TrainingArguments):
     save_strategy: str = "no"
     remove_unused_columns: bool = False
     report_to: str = "none"
-    dataloader_num_workers: int = 0
+    # The collator decodes the clips and computes their log-mels in these workers (see data_workers).
+    dataloader_num_workers: int = dataloader_workers()
 
 
 def main(argv=None):
@@ -87,9 +95,11 @@ def main(argv=None):
     set_seed(training_args.seed)
 
     # 2. The starting checkpoint (text tower + judge), 3. the data (the checkpoint's image size: run_clip's cache).
-    path = ensure_checkpoint(model_args.model_name_or_path, data_args)
-    judge = MMModel.from_pretrained(path).eval()
-    processor = load_processor(path, judge.config)
+    path = ensure_checkpoint(model_args.text_model_name_or_path, data_args)
+    judge_path = ensure_checkpoint(model_args.judge_path(), data_args)
+    judge = MMModel.from_pretrained(judge_path).eval()
+    judge_processor = load_processor(judge_path, judge.config)
+    processor = load_processor(path, MMConfig.from_pretrained(path))
     splits, dataset_name, _ = load_splits(data_args, training_args, judge.config.vision_config.image_size)
     if "audio" not in splits["train"].column_names:
         raise ValueError(f"{dataset_name!r} has no audio column to learn speech from; install espeak-ng or pass data.")
@@ -116,8 +126,8 @@ def main(argv=None):
     # 6. Measurement on held-out captions, 7. the folder with WAV samples.
     if training_args.should_save:
         held_out = "test" if "test" in splits else "validation"
-        rows = list(islice(splits[held_out], model_args.num_eval_clips))
-        measured, clips = evaluate(model, judge, processor, rows, model_args)
+        rows = list(islice(splits[held_out], model_args.num_eval_prompts))
+        measured, clips = evaluate(model, processor, judge, judge_processor, rows, model_args)
         metrics.update(measured)
         print(format_report(measured, len(rows), held_out))
         model.save_pretrained(output_dir)
@@ -130,19 +140,33 @@ def main(argv=None):
 
 @torch.no_grad()
 def speak(model, tokenizer, captions, batch_size=16):
-    """Generated waveforms (numpy, trimmed to their length) of `captions`."""
+    """Generated waveforms (numpy, trimmed to their length) of `captions`, made on the model's device."""
     clips = []
     for start in tqdm(range(0, len(captions), batch_size), desc="Speaking"):
         tokens = tokenizer(captions[start : start + batch_size], padding=True, truncation=True, return_tensors="pt")
-        out = model.generate_speech(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
-        clips += [wave[:length].numpy() for wave, length in zip(out.waveform, out.waveform_lengths.tolist())]
+        tokens = {name: tokens[name].to(model.device) for name in ("input_ids", "attention_mask")}
+        out = model.generate_speech(**tokens)
+        clips += [wave[:length].cpu().numpy() for wave, length in zip(out.waveform, out.waveform_lengths.tolist())]
     return clips
 
 
+def transcribe(captioner, processor, clips, batch_size=32):
+    """Greedy transcriptions of 16 kHz waveforms by an mm speech-to-text captioner (on its own device)."""
+    rows = [{"audio": (clip, SAMPLING_RATE)} for clip in clips]
+    return generate_captions(captioner, processor, rows, "audio", batch_size, {"num_beams": 1, "do_sample": False})
+
+
+def word_error_rate(captions, transcripts):
+    """Corpus WER (jiwer): word edits over all reference words. An empty transcript loses every word of its caption
+    (jiwer refuses empty strings; a one-word placeholder costs the same edits: one substitution, the rest deleted)."""
+    return float(jiwer.wer(captions, [text or "<empty>" for text in transcripts]))
+
+
 @torch.no_grad()
-def evaluate(model, judge, processor, rows, model_args):
+def evaluate(model, processor, judge, judge_processor, rows, model_args):
     """MCD against the references, audio->text recall by the judge and (with a captioner) WER, for the generated
-    clips, the real clips and noise of the same loudness and length."""
+    clips, the real clips, and noise and silence of the same length (noise as loud as the real clip): the real clips
+    are the ceiling the generated ones are read against, noise and silence the floor."""
     captions = [row["caption"] for row in rows]
     keys = [row.get("label", row["caption"]) for row in rows]
     real = [decode_audio(row["audio"], sampling_rate=SAMPLING_RATE)[0] for row in rows]
@@ -151,33 +175,38 @@ def evaluate(model, judge, processor, rows, model_args):
         "generated": speak(model, processor.tokenizer, captions),
         "real": real,
         "noise": [rng.normal(0, np.sqrt(np.mean(r**2)) + 1e-4, r.shape).astype(np.float32) for r in real],
+        "silence": [np.zeros_like(r) for r in real],
     }
     captioner = None
     if model_args.captioner_name_or_path:
-        captioner = MMForConditionalGeneration.from_pretrained(model_args.captioner_name_or_path).eval()
+        captioner = MMForConditionalGeneration.from_pretrained(model_args.captioner_name_or_path).to(model.device)
         captioner_processor = load_processor(model_args.captioner_name_or_path, captioner.config)
-    text = processor(text=captions, padding=True, return_tensors="pt")
-    # get_*_features are projected but not normalised (as CLIP's); recall_at_k compares unit vectors.
-    text_embeds = judge.get_text_features(input_ids=text["input_ids"], attention_mask=text["attention_mask"])
-    text_embeds = torch.nn.functional.normalize(text_embeds.pooler_output, dim=-1)
+    judge = judge.to(model.device)
+
+    def log_mel(wave):
+        return model.mel_spectrogram(torch.from_numpy(wave)[None].to(model.device))[0].cpu().numpy()
+
+    def features(output):  # get_*_features are projected but not normalised (as CLIP's); recall compares unit vectors
+        return torch.nn.functional.normalize(output.pooler_output, dim=-1).cpu()
+
+    text = judge_processor(text=captions, padding=True, return_tensors="pt").to(model.device)
+    text_embeds = features(judge.get_text_features(input_ids=text["input_ids"], attention_mask=text["attention_mask"]))
+    references = [log_mel(r) for r in real]
     metrics = {}
     for name, waves in clips.items():
-        references = [model.mel_spectrogram(torch.from_numpy(r)[None])[0].numpy() for r in real]
-        mels = [model.mel_spectrogram(torch.from_numpy(w)[None])[0].numpy() for w in waves]
         if name != "real":
-            metrics[f"{name} mcd"] = float(np.mean([mel_cepstral_distortion(m, r) for m, r in zip(mels, references)]))
-        audio = processor(audio=waves, sampling_rate=SAMPLING_RATE, return_tensors="pt")
-        audio_embeds = judge.get_audio_features(
-            input_features=audio["input_features"], audio_attention_mask=audio.get("audio_attention_mask")
+            mcd = [mel_cepstral_distortion(log_mel(w), r) for w, r in zip(waves, references)]
+            metrics[f"{name} mcd"] = float(np.mean(mcd))
+        audio = judge_processor(audio=waves, sampling_rate=SAMPLING_RATE, return_tensors="pt").to(model.device)
+        audio_embeds = features(
+            judge.get_audio_features(
+                input_features=audio["input_features"], audio_attention_mask=audio.get("audio_attention_mask")
+            )
         )
-        audio_embeds = torch.nn.functional.normalize(audio_embeds.pooler_output, dim=-1)
         recalls = recall_at_k(audio_embeds, text_embeds, keys, keys, ks=(1, 5))
         metrics.update({f"{name} recall@{k} audio->text": value for k, value in recalls.items()})
         if captioner is not None:
-            features = captioner_processor(audio=waves, sampling_rate=SAMPLING_RATE, return_tensors="pt")
-            tokens = captioner.generate(**{k: v for k, v in features.items()}, max_new_tokens=40)
-            hypotheses = [t.strip() for t in captioner_processor.batch_decode(tokens, skip_special_tokens=True)]
-            metrics[f"{name} wer"] = float(jiwer.wer(captions, [h or "<empty>" for h in hypotheses]))
+            metrics[f"{name} wer"] = word_error_rate(captions, transcribe(captioner, captioner_processor, waves))
     return metrics, clips
 
 
@@ -198,7 +227,7 @@ def format_report(metrics, count, split):
         f"{count} captions by the contrastive model:",
         f"{'clips':<12}" + "".join(f"{title:>12}" for title, _ in columns),
     ]
-    for name in ("generated", "real", "noise"):
+    for name in ("generated", "real", "noise", "silence"):
         cells = [metrics.get(f"{name} {key}") for _, key in columns]
         lines.append(f"{name:<12}" + "".join(f"{'-':>12}" if c is None else f"{c:>12.3f}" for c in cells))
     return "\n".join(lines)

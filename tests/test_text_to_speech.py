@@ -13,7 +13,7 @@ from testers import NUM_EVAL, NUM_TRAIN, run_clean, save_tiny_base, tiny_tokeniz
 
 import run_text_to_speech
 from configuration_mm import MMConfig, MMSpeechConfig
-from modeling_mm import MMForTextToSpeech
+from modeling_mm import MMForConditionalGeneration, MMForTextToSpeech
 from modeling_mm.modeling_mm_griffin_lim import MMMelSpectrogram, griffin_lim
 from training_mm.text_to_speech import TextToSpeechCollator, mel_cepstral_distortion
 
@@ -130,17 +130,29 @@ def test_mel_cepstral_distortion_is_zero_for_the_same_clip_and_grows_with_noise(
 
 def test_example_trains_measures_and_writes_samples(builtin_data, tmp_path, capsys):
     base = save_tiny_base(tmp_path / "base")
+    captioner = save_tiny_base(tmp_path / "captioner", MMForConditionalGeneration)  # untrained: only the WER path
     output_dir = tmp_path / "out"
     metrics = run_text_to_speech.main(
         ["--model_name_or_path", str(base), "--num_train_samples", str(NUM_TRAIN),
          "--num_eval_samples", str(NUM_EVAL), "--max_steps", "3", "--per_device_train_batch_size", "16",
-         "--hidden_size", "32", "--num_hidden_layers", "1", "--num_eval_clips", "4",
-         "--output_dir", str(output_dir)]
+         "--hidden_size", "32", "--num_hidden_layers", "1", "--num_eval_prompts", "4",
+         "--captioner_name_or_path", str(captioner), "--output_dir", str(output_dir)]
     )  # fmt: skip
     assert {"generated mcd", "noise mcd", "generated recall@1 audio->text", "real recall@1 audio->text"} <= set(metrics)
-    assert "MCD (dB)" in capsys.readouterr().out
+    # WER of the same captioner on the generated clips, its ceiling (the espeak-ng clips) and its floor.
+    wers = [metrics[f"{name} wer"] for name in ("generated", "real", "noise", "silence")]
+    assert all(np.isfinite(wer) and wer >= 0 for wer in wers)
+    report = capsys.readouterr().out
+    assert "MCD (dB)" in report and "WER" in report and "silence" in report
     assert (output_dir / "samples" / "00-generated.wav").is_file()
     assert (output_dir / "modeling_mm_speech.py").is_file() and (output_dir / "tokenizer.json").is_file()
+
+
+def test_word_error_rate_counts_word_edits_over_all_reference_words():
+    captions = ["a red circle on the left", "two blue stars"]
+    # One substitution in the first caption; the second transcript is empty (its three words lost): 4 edits, 9 words.
+    assert run_text_to_speech.word_error_rate(captions, ["a red square on the left", ""]) == pytest.approx(4 / 9)
+    assert run_text_to_speech.word_error_rate(captions, captions) == 0
 
 
 def test_a_contrastive_checkpoint_gives_its_text_tower_and_nothing_else(tmp_path):

@@ -12,6 +12,7 @@ from transformers import TrainingArguments
 
 from .argument_files import expand_argument_file
 from .data_workers import dataloader_workers
+from .default_checkpoint import DEFAULT_CHECKPOINT
 
 
 @dataclass
@@ -105,6 +106,35 @@ class CaptioningTrainingArguments(TrainingArguments):
         if self.generation_max_new_tokens is not None:
             kwargs["max_new_tokens"] = self.generation_max_new_tokens
         return kwargs
+
+
+@dataclass
+class GenerationArguments:
+    """What the generation examples (run_text_to_image.py, run_text_to_speech.py) share: the contrastive checkpoint
+    whose text tower and tokenizer drive generation, the contrastive checkpoint that judges what is generated, and how
+    many held-out prompts are generated and measured."""
+
+    text_model_name_or_path: str = field(
+        default=DEFAULT_CHECKPOINT,
+        metadata={
+            "help": "An mm checkpoint whose text tower (frozen by default) and tokenizer drive generation. The default "
+            "is trained by run_clip.py if missing.",
+            "aliases": ["--model_name_or_path"],
+        },
+    )
+    judge_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "The contrastive mm checkpoint that scores what is generated. Default: "
+                          "--text_model_name_or_path (outputs/run_clip-small when that is `fresh`)."},
+    )
+    num_eval_prompts: int = field(default=48, metadata={"help": "Held-out captions generated and measured."})
+
+    def judge_path(self):
+        """The judge's checkpoint: --judge_model_name_or_path, else the text tower's (an untrained tower's: the
+        default one)."""
+        if self.judge_model_name_or_path:
+            return self.judge_model_name_or_path
+        return DEFAULT_CHECKPOINT if self.text_model_name_or_path == "fresh" else self.text_model_name_or_path
 
 
 def parse_script_args(parser, argv, default_output_dir):
