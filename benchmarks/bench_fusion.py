@@ -7,13 +7,14 @@ measures the held-out test split with every subset of the modalities: all three,
 table shows `match` accuracy (the task built to need the image and a caption: chance is 0.5 from either alone),
 then the `colours` mAP and `count` RMSE with every modality; mean ± std over the seeds.
 
-    python benchmarks/bench_fusion.py --quick --tasks match colours   # tiny preset, 1 seed: 8 runs of ~1.3 CPU-min
+    python benchmarks/bench_fusion.py --quick      # tiny preset, 1 seed, no dropout, match + colours: 4 runs
+    python benchmarks/bench_fusion.py --quick --modality_dropout 0 0.3 --seeds 3   # the README's ablation
     python benchmarks/bench_fusion.py              # small preset, 3 seeds (hours on a CPU)
 
-The quick form is not under 5 minutes on one process: each run is 300 steps of ~0.22 CPU-s (collating and training
-the tiny preset), so split it by `--fusion_types` into two processes with `--json` and print the whole table with
-`--tables_from` (README, "Ablation", has the commands). `--tasks match colours` leaves the `count` regression out: at
-this size it crowds out the colour features `match` needs (docs/design.md, "Fusion").
+The runs go `--jobs` at a time (default: one per CPU core), each in its own process on one thread. The quick form's
+4 runs are 300 steps of ~0.22 CPU-s each (collating and training the tiny preset): under 5 minutes on 2 cores once
+the built-in data is cached. It trains `match` and `colours` only: at this size the `count` regression crowds out
+the colour features `match` needs (docs/design.md, "Fusion"); `--tasks match colours count` puts it back.
 
 Every run is `run_classification.main([...])` with the arguments printed at the top, so any cell can be re-run
 alone. With `--json FILE` the raw metrics of every run are written there too.
@@ -22,19 +23,24 @@ alone. With `--json FILE` the raw metrics of every run are written there too.
 import argparse
 import json
 import logging
+import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
 
 import run_classification  # noqa: E402
+from configuration_mm import MMConfig  # noqa: E402
 from configuration_mm.configuration_mm import MODALITIES  # noqa: E402
 from training_mm.classification import modality_subsets  # noqa: E402
 from training_mm.fusion_data import FUSION_TASKS, build_fusion_dataset  # noqa: E402
+from training_mm.processors import image_size_of  # noqa: E402
 
 FUSION_TYPES = ("late", "gated", "concat", "cross")
 BUILTIN_SPLITS = dict(num_train=2000, num_validation=300, num_test=300)  # run_classification.py's default data
@@ -67,16 +73,24 @@ def run_one(settings, fusion_type, modality_dropout, seed, output_dir, tasks=Non
     return argv, run_classification.main(argv)
 
 
+def run_cell(settings, fusion_type, modality_dropout, seed, output_dir, tasks):
+    """`run_one` in a worker process: one thread, the runs' own INFO logs off (the table is the output)."""
+    import torch
+
+    torch.set_num_threads(1)
+    logging.disable(logging.INFO)
+    return run_one(settings, fusion_type, modality_dropout, seed, output_dir, tasks)
+
+
 def step_cost(preset, batch=32, steps=5):
     """CPU seconds (this process, `time.process_time`, which other processes' load does not inflate) to collate a
     batch of the built-in fusion tasks, to run one training step of `MMForClassification` (concat, the default run's
     model at `preset`) and to score one held-out row: what the default run's duration is estimated from."""
     import torch
 
-    from configuration_mm import MMConfig
     from modeling_mm import MMForClassification
     from training_mm.classification import ClassificationCollator, infer_tasks
-    from training_mm.processors import image_size_of, new_processor
+    from training_mm.processors import new_processor
 
     config = MMConfig.from_preset(preset)
     data = build_fusion_dataset(image_size=image_size_of(config.vision_config), **BUILTIN_SPLITS)
@@ -135,10 +149,17 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="Tiny preset, small data, 1 seed: a few minutes.")
     parser.add_argument("--seeds", type=int, default=None, help="Seeds per cell (default: 1 quick, 3 full).")
     parser.add_argument("--fusion_types", nargs="+", default=list(FUSION_TYPES), choices=FUSION_TYPES)
-    parser.add_argument("--modality_dropout", nargs="+", type=float, default=[0.0, 0.3])
+    parser.add_argument(
+        "--modality_dropout", nargs="+", type=float, default=None, help="Default: 0 and 0.3 (quick: 0 only)."
+    )
+    parser.add_argument("--jobs", type=int, default=None, help="Runs at a time, one process each (default: the cores).")
     parser.add_argument("--max_steps", type=int, default=None, help="Override the optimizer steps of each run.")
     parser.add_argument(
-        "--tasks", nargs="+", default=None, choices=list(FUSION_TASKS), help="Train these built-in tasks only (default: all)."
+        "--tasks",
+        nargs="+",
+        default=None,
+        choices=list(FUSION_TASKS),
+        help="Train these built-in tasks only (default: all; quick: match colours).",
     )
     parser.add_argument("--json", default=None, help="Also write every run's metrics to this file.")
     parser.add_argument(
@@ -175,22 +196,34 @@ def main(argv=None):
         settings["seeds"] = args.seeds
     if args.max_steps is not None:
         settings["max_steps"] = args.max_steps
-    logging.disable(logging.INFO)  # the runs' own INFO logs; the table is the output
+    dropouts = args.modality_dropout or ([0.0] if args.quick else [0.0, 0.3])
+    tasks = args.tasks or (["match", "colours"] if args.quick else None)
+    vision = MMConfig.from_preset(settings["preset"]).vision_config
+    build_fusion_dataset(image_size=image_size_of(vision), **BUILTIN_SPLITS)  # here once, not in every run
+    cells = [(f, d, seed) for f in args.fusion_types for d in dropouts for seed in range(settings["seeds"])]
+    jobs = max(1, min(args.jobs or os.cpu_count() or 1, len(cells)))
+    print(f"{len(cells)} runs, {jobs} at a time", flush=True)
 
     start = time.perf_counter()
-    runs, raw = {}, []
-    with tempfile.TemporaryDirectory() as scratch:
-        for fusion_type in args.fusion_types:
-            for dropout in args.modality_dropout:
-                for seed in range(settings["seeds"]):
-                    output_dir = Path(scratch) / f"{fusion_type}-{dropout}-{seed}"
-                    run_argv, metrics = run_one(settings, fusion_type, dropout, seed, output_dir, args.tasks)
-                    runs.setdefault((fusion_type, dropout), []).append(metrics)
-                    raw.append({"argv": run_argv, "metrics": metrics})
-                    print(f"[{time.perf_counter() - start:6.0f} s] {fusion_type} dropout {dropout} seed {seed}: "
-                          f"match accuracy {metrics['match accuracy']:.3f}", flush=True)  # fmt: skip
-                    if args.json:  # after every run, so an interrupted benchmark keeps what it measured
-                        Path(args.json).write_text(json.dumps(raw, indent=1))
+    results, raw = {}, []
+    context = multiprocessing.get_context("spawn")  # a clean process per run: no torch state shared with this one
+    with tempfile.TemporaryDirectory() as scratch, ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        futures = {
+            pool.submit(run_cell, settings, f, d, seed, Path(scratch) / f"{f}-{d}-{seed}", tasks): (f, d, seed)
+            for f, d, seed in cells
+        }
+        for future in as_completed(futures):
+            fusion_type, dropout, seed = futures[future]
+            run_argv, metrics = future.result()
+            results[(fusion_type, dropout, seed)] = metrics
+            raw.append({"argv": run_argv, "metrics": metrics})
+            print(f"[{time.perf_counter() - start:6.0f} s] {fusion_type} dropout {dropout} seed {seed}: "
+                  f"match accuracy {metrics['match accuracy']:.3f}", flush=True)  # fmt: skip
+            if args.json:  # after every run, so an interrupted benchmark keeps what it measured
+                Path(args.json).write_text(json.dumps(raw, indent=1))
+    runs = {}
+    for fusion_type, dropout, seed in cells:  # the table in a fixed order, whatever order the runs finished in
+        runs.setdefault((fusion_type, dropout), []).append(results[(fusion_type, dropout, seed)])
     print()
     print(f"bench_fusion {'--quick' if args.quick else '(full)'}: {settings}; run_classification.main arguments as in:")
     print("  " + " ".join(raw[0]["argv"]))
