@@ -283,8 +283,8 @@ def train(scripts, args, workdir, task, arm, learning_rate, seed, snr_db=None, *
             stack.enter_context(patched(script, "Trainer", trainer_cls))
             if snr_db is not None:
                 stack.enter_context(patched(media_inputs, "decode_audio", noisy(media_inputs.decode_audio, snr_db)))
-            for module, name, value in measured_only_as_reported(script, task):
-                stack.enter_context(patched(module, name, value))
+            for module, attribute, value in measured_only_as_reported(script, task):
+                stack.enter_context(patched(module, attribute, value))
             metrics = script.main(argv)
     result = {"eval_loss": metrics["eval_loss"], "seconds": time.perf_counter() - start}
     if task == "clip":
