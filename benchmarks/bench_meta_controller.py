@@ -476,7 +476,11 @@ def report(args, task, tuned, results):
         print(f"== {task}: no tuned `cosine` run finished: no table (the reference is missing) ==\n")
         return
     reference = mean_std(results[("cosine", "tuned")], "eval_loss")[0]
-    metrics = TASKS[task][3]
+    # Runs recorded by an older version of this benchmark may lack a metric added since: it is then left out.
+    recorded = [(key, label) for key, label in TASKS[task][3] if all(key in run for runs in results.values() for run in runs)]
+    if len(recorded) < len(TASKS[task][3]):
+        print(f"(not recorded by every run, left out: {[key for key, _ in TASKS[task][3] if (key, _) not in recorded]})")
+    metrics = recorded
     print(
         f"== MetaControllerCallback ablation, task {task} ({TASKS[task][0]}, {args.preset} preset, built-in data, "
         f"{args.steps} steps, tuned AdamW LR {tuned:.0e}) == load average now {os.getloadavg()[0]:.1f}"
