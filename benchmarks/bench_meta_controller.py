@@ -7,7 +7,7 @@ Each task is one of this project's example scripts, run through its `main([...])
   (mean of image->text, text->image and, when the data has audio, audio->text, text->audio);
 - `fusion`: examples/run_classification.py, the fusion classifier on the built-in fusion tasks (match, colours,
   count; their losses summed, `--task_loss_weighting sum`, so eval losses compare across arms); task metrics
-  match accuracy and colours micro-F1 on the test split.
+  match accuracy and colours mAP on the test split.
 
 At the tuned learning rate, ten times too high and ten times too low, with equal steps, seeds, data and one fixed
 held-out evaluation (loss on the validation split, the task metric on the test split), for each arm:
@@ -48,10 +48,11 @@ run) still reports complete tables for its first seeds. A run that fails is repo
 measures only what the report shows (see `measured_only_as_reported`: no retrieval baseline, mAP/nDCG or per-subset
 classification metrics, which would take most of a run's time on a GPU).
 
-`TUNED_LEARNING_RATE` is the best mean eval loss of `--sweep` over `SWEEP` (AdamW, 5% warmup, cosine decay). clip
-(64 pairs per batch), 300 steps, seeds 0-2: 2.97, 2.68, 2.71, 2.64, 3.06 for 5e-4 ... 5e-3; 120 steps: 1e-3.
-fusion (32 items per batch), 300 steps, seed 0: see `TUNED_LEARNING_RATE`. The first run builds the built-in data
-(~1 min with audio) and caches it under $MM_CACHE/builtin.
+`TUNED_LEARNING_RATE` is the best mean eval loss of `--sweep` over `SWEEP` (AdamW, 5% warmup, cosine decay, with
+audio). clip (64 pairs per batch), 300 steps, seeds 0-2: 2.97, 2.68, 2.71, 2.64, 3.06 for 5e-4 ... 5e-3; 120 steps:
+1e-3. fusion (32 items per batch), 300 steps, seed 0: 1.488, 1.396, 1.344, 1.380, 1.448. The `--quick` rates (60
+steps) were not swept: they are those of 120 steps (clip) and 300 steps (fusion). The first run builds the built-in
+data (~1 min with audio) and caches it under $MM_CACHE/builtin.
 """
 
 import argparse
@@ -91,7 +92,8 @@ from training_mm.fusion_data import build_fusion_dataset  # noqa: E402
 from training_mm.synthetic_data import build_synthetic_dataset  # noqa: E402
 
 # task -> (script, built-in data builder, items per training batch, task metrics reported: (result key, label))
-FUSION_METRICS = (("match accuracy", "match acc"), ("colours micro_f1", "colours F1"))
+# colours: mAP, not micro-F1 (which stays 0 while no colour's probability passes 0.5, as in 300 tiny-preset steps)
+FUSION_METRICS = (("match accuracy", "match acc"), ("colours mAP", "colours mAP"))
 TASKS = {
     "clip": ("run_clip", build_synthetic_dataset, 64, (("recall@1", "R@1"),)),
     "fusion": ("run_classification", build_fusion_dataset, 32, FUSION_METRICS),
@@ -102,7 +104,7 @@ MODES = {
     "quick": dict(steps=60, seeds=(0,), tasks=("clip",), num_train_samples={"clip": 1024, "fusion": 2000}),
     "default": dict(steps=300, seeds=(0, 1, 2), tasks=tuple(TASKS), num_train_samples={"clip": 2048, "fusion": 2000}),
 }
-TUNED_LEARNING_RATE = {"quick": {"clip": 1e-3, "fusion": 1e-3}, "default": {"clip": 3e-3, "fusion": 1e-3}}
+TUNED_LEARNING_RATE = {"quick": {"clip": 1e-3, "fusion": 2e-3}, "default": {"clip": 3e-3, "fusion": 2e-3}}
 SWEEP = (5e-4, 1e-3, 2e-3, 3e-3, 5e-3)
 SETTINGS = (("tuned", 1.0), ("10x too high", 10.0), ("10x too low", 0.1))
 # arm -> (what it is, controller policy or None, optimizer)
@@ -283,8 +285,8 @@ def train(scripts, args, workdir, task, arm, learning_rate, seed, snr_db=None, *
             stack.enter_context(patched(script, "Trainer", trainer_cls))
             if snr_db is not None:
                 stack.enter_context(patched(media_inputs, "decode_audio", noisy(media_inputs.decode_audio, snr_db)))
-            for module, name, value in measured_only_as_reported(script, task):
-                stack.enter_context(patched(module, name, value))
+            for module, attribute, value in measured_only_as_reported(script, task):
+                stack.enter_context(patched(module, attribute, value))
             metrics = script.main(argv)
     result = {"eval_loss": metrics["eval_loss"], "seconds": time.perf_counter() - start}
     if task == "clip":
@@ -474,7 +476,11 @@ def report(args, task, tuned, results):
         print(f"== {task}: no tuned `cosine` run finished: no table (the reference is missing) ==\n")
         return
     reference = mean_std(results[("cosine", "tuned")], "eval_loss")[0]
-    metrics = TASKS[task][3]
+    # Runs recorded by an older version of this benchmark may lack a metric added since: it is then left out.
+    recorded = [(key, label) for key, label in TASKS[task][3] if all(key in run for runs in results.values() for run in runs)]
+    if len(recorded) < len(TASKS[task][3]):
+        print(f"(not recorded by every run, left out: {[key for key, _ in TASKS[task][3] if (key, _) not in recorded]})")
+    metrics = recorded
     print(
         f"== MetaControllerCallback ablation, task {task} ({TASKS[task][0]}, {args.preset} preset, built-in data, "
         f"{args.steps} steps, tuned AdamW LR {tuned:.0e}) == load average now {os.getloadavg()[0]:.1f}"
@@ -540,7 +546,7 @@ def report(args, task, tuned, results):
             if (arm, setting) not in loss or ("rules", setting) not in loss:
                 continue
             learned, rules = mean_std(results[(arm, setting)], "eval_loss"), mean_std(results[("rules", setting)], "eval_loss")
-            spread = max(learned[1], rules[1])
+            spread = max(learned[1], rules[1], 5e-4)  # below the printed precision: a tie (also with one seed)
             verdict = "within one std of" if abs(learned[0] - rules[0]) <= spread else (
                 "better than" if learned[0] < rules[0] else "worse than"
             )

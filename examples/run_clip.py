@@ -38,6 +38,7 @@ from training_mm.processors import image_size_of, load_processor, new_processor
 from training_mm.script_arguments import DataArguments, parse_script_args, setup_logging
 from training_mm.splits import check_splits, load_splits
 from training_mm.trainer_steps import (
+    META_CONTROLLER_HELP,
     meta_controller_callback,
     run_before_reporting,
     train_and_collect_losses,
@@ -106,14 +107,7 @@ class ModelArguments:
             "(hardness-weighted InfoNCE); 0 turns it off. Default: the checkpoint's, or 0 for a new model."
         },
     )
-    meta_controller: bool = field(
-        default=False,
-        metadata={
-            "help": "Scale the learning rate with training_mm.meta_controller.MetaControllerCallback. From trained "
-            "weights (--model_name_or_path, --*_encoder) it never raises the LR beyond the schedule on small "
-            "updates alone (min_update_ratio=0)."
-        },
-    )
+    meta_controller: bool = field(default=False, metadata={"help": META_CONTROLLER_HELP})
 
 
 @dataclass

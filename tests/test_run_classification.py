@@ -15,6 +15,7 @@ from testers import (
     NUM_TRAIN,
     TINY_RUN,
     mm_cache_in,
+    record_meta_controllers,
     require_espeak,
     run_clean,
     save_tiny_base,
@@ -126,14 +127,7 @@ def test_meta_controller_trains_the_classifier(fusion_data, tmp_path, monkeypatc
     """--meta_controller: the run trains under MetaControllerCallback, built as run_clip builds it from scratch."""
     import training_mm.meta_controller as meta_controller
 
-    built = []
-
-    class Recorded(meta_controller.MetaControllerCallback):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            built.append(self)
-
-    monkeypatch.setattr(meta_controller, "MetaControllerCallback", Recorded)
+    built = record_meta_controllers(monkeypatch)
     run_classification.main(
         [*TINY, "--meta_controller", "--learning_rate", "1e-3", "--output_dir", str(tmp_path / "out")]
     )  # fmt: skip

@@ -13,7 +13,16 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from testers import NUM_EVAL, NUM_TRAIN, TINY_RUN, run_clean, tiny_processor, tiny_tokenizer, write_folder
+from testers import (
+    NUM_EVAL,
+    NUM_TRAIN,
+    TINY_RUN,
+    record_meta_controllers,
+    run_clean,
+    tiny_processor,
+    tiny_tokenizer,
+    write_folder,
+)
 from training_mm.collators import ContrastiveCollator, group_ids
 from training_mm.retrieval import PROTOCOL, recall_at_k
 
@@ -164,14 +173,7 @@ def test_meta_controller_never_raises_a_finetunes_learning_rate_on_small_updates
     weights a small LR is deliberate, so run_clip builds it with min_update_ratio=0."""
     import training_mm.meta_controller as meta_controller
 
-    built = []
-
-    class Recorded(meta_controller.MetaControllerCallback):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            built.append(self)
-
-    monkeypatch.setattr(meta_controller, "MetaControllerCallback", Recorded)
+    built = record_meta_controllers(monkeypatch)
     _, output_dir, _ = trained
     args = [*TINY, "--meta_controller", "--max_steps", "1"]
     run_clip.main([*args, "--output_dir", str(tmp_path / "scratch")])

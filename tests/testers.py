@@ -192,3 +192,18 @@ def mm_cache_in(folder):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MM_CACHE", str(folder))
         yield
+
+
+def record_meta_controllers(monkeypatch):
+    """A list that every MetaControllerCallback built from now on (in this test) is appended to."""
+    import training_mm.meta_controller as meta_controller
+
+    built = []
+
+    class Recorded(meta_controller.MetaControllerCallback):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(meta_controller, "MetaControllerCallback", Recorded)
+    return built

@@ -19,6 +19,13 @@ def run_before_reporting(trainer, callback):
     callbacks.insert(first, callback)
 
 
+META_CONTROLLER_HELP = (
+    "Scale the learning rate with training_mm.meta_controller.MetaControllerCallback. From trained weights "
+    "(--model_name_or_path, --*_encoder) it never raises the LR beyond the schedule on small updates alone "
+    "(min_update_ratio=0)."
+)
+
+
 def meta_controller_callback(pretrained, **kwargs):
     """The scripts' `--meta_controller` callback (`kwargs` go to `MetaControllerCallback`). Starting from trained
     weights (`pretrained`), a small learning rate is deliberate: the controller may cut it and bring it back, but not
