@@ -9,14 +9,16 @@ used before), `onnx` (the three towers from `mm-export`, in ONNX Runtime) and `o
 Runtime's `quantize_dynamic`, int8 weights; `mm-export --int8` writes them).
 
 `--captioner` measures the captioner instead: a tiny `MMForConditionalGeneration` trained --train_steps steps to
-caption generated scenes, greedy captions of --scenes other scenes from PyTorch fp32, torchao int8, and the exported
-image encoder and decoder step in ONNX Runtime in fp32 and int8 (`mm-export --int8`): how many captions are
-identical to PyTorch fp32's, the fraction of their tokens that agree, and the time per batch of --batch_size.
+caption generated scenes, greedy captions of --scenes other scenes from PyTorch fp32, torchao int8, PyTorch's dynamic
+int8, and the exported image encoder and decoder step in ONNX Runtime in fp32 and int8 (`mm-export --int8`): how
+many captions are identical to PyTorch fp32's, the fraction of their tokens that agree, and the time per batch of
+--batch_size.
 
 Without --checkpoint it trains the tiny preset for --train_steps contrastive steps on generated scenes (seconds)
 and measures recall@1/@10 on 500 other generated scenes; latency is the median of --iters calls on a batch of
---batch_size captions and images. Sizes: safetensors for fp32, the bytes of the quantized models' parameters and
-int8 weights in memory (the server quantizes the fp32 checkpoint at load), the ONNX files (all three towers).
+--batch_size captions and images. Sizes: safetensors for fp32 (for the captioner, its parameters' bytes), the bytes
+of the quantized models' parameters and int8 weights in memory (the server quantizes the fp32 checkpoint at load),
+the ONNX files (all three towers; the captioner's image encoder and decoder step).
 
     python benchmarks/bench_export.py --quick
     python benchmarks/bench_export.py --checkpoint outputs/run_clip-small
@@ -162,17 +164,18 @@ def captioner_rows(args, steps, iters):
         export_seconds = time.perf_counter() - start
         quantize_onnx_int8(checkpoint / "onnx", checkpoint / "onnx-int8")
         greedy = dict(do_sample=False, num_beams=1)
-        int8 = quantize_int8(model)
+        int8, dynamic = quantize_int8(model), torch_dynamic_int8(model)
         onnx = {name: OnnxCaptioner(checkpoint / name, model.generation_config) for name in ("onnx", "onnx-int8")}
         generators = {
             "fp32": lambda batch: model.generate(pixel_values=batch, **greedy).numpy(),
             "int8 torchao": lambda batch: int8.generate(pixel_values=batch, **greedy).numpy(),
+            "int8 torch dynamic": lambda batch: dynamic.generate(pixel_values=batch, **greedy).numpy(),
             "onnx": lambda batch: onnx["onnx"].generate("image", batch.numpy()),
             "onnx int8": lambda batch: onnx["onnx-int8"].generate("image", batch.numpy()),
         }
         onnx_bytes = lambda name: sum(p.stat().st_size for p in (checkpoint / name).glob("*.onnx"))  # noqa: E731
-        sizes = {"fp32": model_bytes(model), "int8 torchao": model_bytes(int8), "onnx": onnx_bytes("onnx"),
-                 "onnx int8": onnx_bytes("onnx-int8")}  # fmt: skip
+        sizes = {"fp32": model_bytes(model), "int8 torchao": model_bytes(int8), "int8 torch dynamic": model_bytes(dynamic),
+                 "onnx": onnx_bytes("onnx"), "onnx int8": onnx_bytes("onnx-int8")}  # fmt: skip
         rows, reference = [], None
         with torch.inference_mode():
             for name, generate in generators.items():
