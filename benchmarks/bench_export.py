@@ -2,11 +2,11 @@
 """fp32 vs the int8 variants vs ONNX: size, CPU latency, agreement with fp32 and text->image recall, on one
 checkpoint.
 
-The rows: fp32 (PyTorch), `int8 torchao` (what `mm-serve --backend int8` runs: torchao's int8 weight-only
-quantization of every linear layer), `int8 torchao w8a8` (torchao's int8 weights and dynamically quantized int8
-activations), `int8 torch dynamic` (PyTorch's own `torch.ao.quantization.quantize_dynamic`, which `--backend int8`
-used before), `onnx` (the three towers from `mm-export`, in ONNX Runtime) and `onnx int8` (those files through ONNX
-Runtime's `quantize_dynamic`, int8 weights; `mm-export --int8` writes them).
+The rows: fp32 (PyTorch), `int8 torchao` (torchao's int8 weight-only quantization of every linear layer), `int8
+torchao w8a8` (torchao's int8 weights and dynamically quantized int8 activations), `int8 torch dynamic` (PyTorch's
+`torch.ao.quantization.quantize_dynamic`: what `mm-serve --backend int8` runs), `onnx` (the three towers from
+`mm-export`, in ONNX Runtime) and `onnx int8` (those files through ONNX Runtime's `quantize_dynamic`, int8 weights;
+`mm-export --int8` writes them, `--backend onnx-int8` serves them). torchao is the `bench` extra's.
 
 `--captioner` measures the captioner instead: a tiny `MMForConditionalGeneration` trained --train_steps steps to
 caption generated scenes, greedy captions of --scenes other scenes from PyTorch fp32, torchao int8, PyTorch's dynamic
@@ -63,22 +63,14 @@ def recall(texts, images, k):
     return float(np.mean([i in row for i, row in enumerate(ranks)]))
 
 
-def torch_dynamic_int8(model):
-    """PyTorch's dynamic quantization of every nn.Linear (torch.ao.quantization, deprecated in favour of torchao)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from torch.ao.quantization import quantize_dynamic
-
-        return quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear}, dtype=torch.qint8)
-
-
-def torchao_w8a8(model):
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+def torchao_int8(model, activations=False):
+    """torchao's int8 weight-only quantization of every nn.Linear, or with `activations` its int8 weights and
+    dynamically quantized int8 activations."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
 
     model = copy.deepcopy(model).eval()
-    quantize_(model, Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
+    config = Int8DynamicActivationInt8WeightConfig if activations else Int8WeightOnlyConfig
+    quantize_(model, config(set_inductor_config=False))  # leave torch.compile's settings alone
     return model
 
 
@@ -108,9 +100,9 @@ def main(argv=None):
         quantize_onnx_int8(checkpoint / "onnx", checkpoint / "onnx-int8")
         runners = {
             "fp32": fp32,
-            "int8 torchao": load_runner(str(checkpoint), backend="int8"),
-            "int8 torchao w8a8": TorchRunner(torchao_w8a8(fp32.model), fp32.processor),
-            "int8 torch dynamic": TorchRunner(torch_dynamic_int8(fp32.model), fp32.processor),
+            "int8 torchao": TorchRunner(torchao_int8(fp32.model), fp32.processor),
+            "int8 torchao w8a8": TorchRunner(torchao_int8(fp32.model, activations=True), fp32.processor),
+            "int8 torch dynamic": load_runner(str(checkpoint), backend="int8"),
             "onnx": OnnxRunner(fp32.model, fp32.processor, checkpoint / "onnx"),
             "onnx int8": OnnxRunner(fp32.model, fp32.processor, checkpoint / "onnx-int8"),
         }
@@ -164,7 +156,7 @@ def captioner_rows(args, steps, iters):
         export_seconds = time.perf_counter() - start
         quantize_onnx_int8(checkpoint / "onnx", checkpoint / "onnx-int8")
         greedy = dict(do_sample=False, num_beams=1)
-        int8, dynamic = quantize_int8(model), torch_dynamic_int8(model)
+        int8, dynamic = torchao_int8(model), quantize_int8(model)
         onnx = {name: OnnxCaptioner(checkpoint / name, model.generation_config) for name in ("onnx", "onnx-int8")}
         generators = {
             "fp32": lambda batch: model.generate(pixel_values=batch, **greedy).numpy(),

@@ -1,7 +1,7 @@
 """What the server runs: one loaded mm checkpoint behind a small interface (embed texts, images or audio; caption).
 
 `load_runner(path)` loads a local folder or a Hub id written by `examples/run_clip.py` or `run_captioning.py`, in
-PyTorch fp32, PyTorch with torchao's int8 weight-only quantization of its linear layers, or ONNX Runtime on the
+PyTorch fp32, PyTorch with int8 dynamic quantization of its linear layers, or ONNX Runtime on the
 files `serving_mm.export` wrote (fp32, or their int8 version from `mm-export --int8`). Every backend takes decoded
 media (strings, RGB PIL images, 1-D float waveforms at the processor's rate) and returns L2-normalised float32 numpy
 embeddings, so the server, the index builder and the benchmarks share one code path.
@@ -100,7 +100,7 @@ class TorchRunner:
 
 
 class Int8Runner(TorchRunner):
-    """`TorchRunner` on the model with torchao's int8 weight-only quantization of every linear layer
+    """`TorchRunner` on the model with PyTorch's dynamic int8 quantization of every linear layer
     (`serving_mm.export.quantize_int8`)."""
 
     backend = "int8"
@@ -191,7 +191,7 @@ def load_runner(checkpoint: str, backend: str = "torch", max_new_tokens: int | N
     Args:
         checkpoint: what `from_pretrained` takes; an `MMForConditionalGeneration` checkpoint (its config's
             `architectures`) is loaded as a captioner, anything else as an `MMModel`.
-        backend: "torch" (fp32), "int8" (torchao int8 weight-only quantization of every linear layer), "onnx"
+        backend: "torch" (fp32), "int8" (PyTorch dynamic int8 quantization of every linear layer), "onnx"
             (the files in `<checkpoint>/onnx/`, from `mm-export`) or "onnx-int8" (`<checkpoint>/onnx-int8/`, from
             `mm-export --int8`).
     """

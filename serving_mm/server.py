@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--index", help="an index folder written by `mm-index build`, for /search and the page")
     parser.add_argument(
         "--backend", choices=BACKENDS, default="torch",
-        help="torch (fp32), int8 (torchao), onnx (mm-export) or onnx-int8 (mm-export --int8)",
+        help="torch (fp32), int8, onnx (mm-export) or onnx-int8 (mm-export --int8)",
     )
     parser.add_argument("--max_batch_size", type=int, default=32, help="items per model call; 1 turns batching off")
     parser.add_argument("--max_wait_ms", type=float, default=5.0, help="the longest a request waits for a batch")
