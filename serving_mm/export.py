@@ -133,7 +133,7 @@ def quantize_int8(model):
     with a per-tensor scale; activations quantized on the fly), for CPU inference.
 
     Chosen over torchao's int8 weight-only quantization by measurement: both keep cosine >= 0.9999 and recall on a
-    trained checkpoint, but torchao's ran 25-50% slower on CPU in eager mode, and its int8-activation variant 10-20x
+    trained checkpoint, but torchao's ran 12-53% slower on CPU in eager mode, and its int8-activation variant 10-20x
     slower (README, "Serving, search and export"; benchmarks/bench_export.py).
     """
     import warnings
