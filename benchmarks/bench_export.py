@@ -6,7 +6,9 @@ The rows: fp32 (PyTorch), `int8 torchao` (torchao's int8 weight-only quantizatio
 torchao w8a8` (torchao's int8 weights and dynamically quantized int8 activations), `int8 torch dynamic` (PyTorch's
 `torch.ao.quantization.quantize_dynamic`: what `mm-serve --backend int8` runs), `onnx` (the three towers from
 `mm-export`, in ONNX Runtime) and `onnx int8` (those files through ONNX Runtime's `quantize_dynamic`, int8 weights;
-`mm-export --int8` writes them, `--backend onnx-int8` serves them). torchao is the `bench` extra's.
+`mm-export --int8` writes them, `--backend onnx-int8` serves them). The torchao rows need `pip install torchao`
+(measured with 0.18); without it they are left out. torchao is in no extra: with it installed, transformers imports it
+with every model, and it logs warnings on a CPU machine.
 
 `--captioner` measures the captioner instead: a tiny `MMForConditionalGeneration` trained --train_steps steps to
 caption generated scenes, greedy captions of --scenes other scenes from PyTorch fp32, torchao int8, PyTorch's dynamic
@@ -27,6 +29,7 @@ the ONNX files (all three towers; the captioner's image encoder and decoder step
 
 import argparse
 import copy
+import importlib.util
 import json
 import os
 import shutil
@@ -61,6 +64,9 @@ def median_seconds(fn, iters):
 def recall(texts, images, k):
     ranks = np.argsort(-(texts @ images.T), axis=1)[:, :k]
     return float(np.mean([i in row for i, row in enumerate(ranks)]))
+
+
+HAS_TORCHAO = importlib.util.find_spec("torchao") is not None
 
 
 def torchao_int8(model, activations=False):
@@ -98,10 +104,11 @@ def main(argv=None):
         export_onnx(fp32.model, checkpoint / "onnx")
         export_seconds = time.perf_counter() - start
         quantize_onnx_int8(checkpoint / "onnx", checkpoint / "onnx-int8")
-        runners = {
-            "fp32": fp32,
-            "int8 torchao": TorchRunner(torchao_int8(fp32.model), fp32.processor),
-            "int8 torchao w8a8": TorchRunner(torchao_int8(fp32.model, activations=True), fp32.processor),
+        runners = {"fp32": fp32}
+        if HAS_TORCHAO:
+            runners["int8 torchao"] = TorchRunner(torchao_int8(fp32.model), fp32.processor)
+            runners["int8 torchao w8a8"] = TorchRunner(torchao_int8(fp32.model, activations=True), fp32.processor)
+        runners |= {
             "int8 torch dynamic": load_runner(str(checkpoint), backend="int8"),
             "onnx": OnnxRunner(fp32.model, fp32.processor, checkpoint / "onnx"),
             "onnx int8": OnnxRunner(fp32.model, fp32.processor, checkpoint / "onnx-int8"),
@@ -156,18 +163,18 @@ def captioner_rows(args, steps, iters):
         export_seconds = time.perf_counter() - start
         quantize_onnx_int8(checkpoint / "onnx", checkpoint / "onnx-int8")
         greedy = dict(do_sample=False, num_beams=1)
-        int8, dynamic = torchao_int8(model), quantize_int8(model)
+        int8, dynamic = torchao_int8(model) if HAS_TORCHAO else None, quantize_int8(model)
         onnx = {name: OnnxCaptioner(checkpoint / name, model.generation_config) for name in ("onnx", "onnx-int8")}
         generators = {
             "fp32": lambda batch: model.generate(pixel_values=batch, **greedy).numpy(),
-            "int8 torchao": lambda batch: int8.generate(pixel_values=batch, **greedy).numpy(),
+            **({"int8 torchao": lambda batch: int8.generate(pixel_values=batch, **greedy).numpy()} if HAS_TORCHAO else {}),
             "int8 torch dynamic": lambda batch: dynamic.generate(pixel_values=batch, **greedy).numpy(),
             "onnx": lambda batch: onnx["onnx"].generate("image", batch.numpy()),
             "onnx int8": lambda batch: onnx["onnx-int8"].generate("image", batch.numpy()),
         }
         onnx_bytes = lambda name: sum(p.stat().st_size for p in (checkpoint / name).glob("*.onnx"))  # noqa: E731
-        sizes = {"fp32": model_bytes(model), "int8 torchao": model_bytes(int8), "int8 torch dynamic": model_bytes(dynamic),
-                 "onnx": onnx_bytes("onnx"), "onnx int8": onnx_bytes("onnx-int8")}  # fmt: skip
+        sizes = {"fp32": model_bytes(model), "int8 torch dynamic": model_bytes(dynamic), "onnx": onnx_bytes("onnx"),
+                 "onnx int8": onnx_bytes("onnx-int8"), **({"int8 torchao": model_bytes(int8)} if HAS_TORCHAO else {})}  # fmt: skip
         rows, reference = [], None
         with torch.inference_mode():
             for name, generate in generators.items():

@@ -33,6 +33,5 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
 fi
 # dev: the tests' tools (pytest, librosa, Selenium for the page's browser test, hadolint); serve: mm-serve, mm-index,
 # mm-export (FastAPI, FAISS, ONNX Runtime);
-# bench: the optimizers the meta-controller benchmark compares with (its tests build them too), the serving load generator,
-# torchao (bench_export.py's int8 comparison).
+# bench: the optimizers the meta-controller benchmark compares with (its tests build them too), the serving load generator.
 "$PY" -m pip install -q -e ".[dev,serve,bench]"

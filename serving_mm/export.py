@@ -172,9 +172,14 @@ def quantize_onnx_int8(onnx_dir, output_dir) -> list[Path]:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in sorted(Path(onnx_dir).glob("*.onnx")):
-        quantize_dynamic(path, output_dir / path.name, weight_type=QuantType.QInt8)
-        written.append(output_dir / path.name)
+    root, level = logging.getLogger(), logging.getLogger().level
+    root.setLevel(logging.ERROR)  # the quantizer logs a line per tensor it leaves in fp32, on the root logger
+    try:
+        for path in sorted(Path(onnx_dir).glob("*.onnx")):
+            quantize_dynamic(path, output_dir / path.name, weight_type=QuantType.QInt8)
+            written.append(output_dir / path.name)
+    finally:
+        root.setLevel(level)
     return written
 
 
