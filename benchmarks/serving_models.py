@@ -1,12 +1,12 @@
 """Models for the serving benchmarks: an mm checkpoint of a preset with a tokenizer of the built-in captions, and
 a tiny model trained for a few seconds on generated scenes (whose embeddings an approximate index is measured on:
-random vectors would misstate its recall)."""
+random vectors would misstate its recall), or a tiny captioner trained on them (bench_export.py --captioner)."""
 
 import numpy as np
 import torch
 
 from configuration_mm import MMConfig
-from modeling_mm import MMModel
+from modeling_mm import MMForConditionalGeneration, MMModel
 from processing_mm import MMFeatureExtractor, MMImageProcessor, MMProcessor, train_tokenizer
 from training_mm.synthetic_data import caption_for, draw_scene, sample_scene
 
@@ -36,22 +36,28 @@ def processor_for(config, captions):
     )  # fmt: skip
 
 
-def save_checkpoint(folder, preset="small", train_steps=0, batch_size=64, seed=0):
+def save_checkpoint(folder, preset="small", train_steps=0, batch_size=64, seed=0, captioner=False):
     """Writes an `MMModel` of `preset` (trained for `train_steps` contrastive steps on generated scenes, lr 1e-3)
-    and its processor to `folder`; returns (model, processor)."""
+    and its processor to `folder`; with `captioner`, an `MMForConditionalGeneration` trained to caption the scenes'
+    images instead. Returns (model, processor)."""
     config = MMConfig.from_preset(preset)
     images, captions = scenes(max(batch_size * 8, 512), config.vision_config.image_size, seed)
     processor = processor_for(config, captions)
     tokenizer = processor.tokenizer
     special = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("pad", "bos", "eos")}
     torch.manual_seed(seed)
-    model = MMModel(MMConfig.from_preset(preset, text_config={"vocab_size": len(tokenizer), **special}))
+    model_class = MMForConditionalGeneration if captioner else MMModel
+    model = model_class(MMConfig.from_preset(preset, text_config={"vocab_size": len(tokenizer), **special}))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     rng = np.random.default_rng(seed)
     for _ in range(train_steps):
         rows = rng.choice(len(images), batch_size, replace=False)
         batch = processor(text=[captions[i] for i in rows], images=[images[i] for i in rows], return_tensors="pt")
-        model(**batch, return_loss=True).loss.backward()
+        if captioner:  # next-token loss on the caption, padding ignored
+            batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+            model(**batch).loss.backward()
+        else:
+            model(**batch, return_loss=True).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     model.eval()

@@ -35,7 +35,9 @@ from training_mm.hub import describe_model
 from training_mm.nonfinite_guard import NonFiniteGuardCallback
 from training_mm.output_folder import prepare_output, push_output_folder, save_output_folder
 from training_mm.processors import image_size_of, load_processor
-from training_mm.retrieval import DIRECTIONS, MIN_GALLERY, RECALL_AT, RetrievalGallery, metric_name, retrieval_metrics
+from training_mm.retrieval import (
+    DIRECTIONS, MIN_GALLERY, PROTOCOL, RECALL_AT, RetrievalGallery, metric_name, retrieval_metrics,
+)  # fmt: skip
 from training_mm.safe_loading import from_pretrained_safetensors, refuse_pickled_weights
 from training_mm.script_arguments import DataArguments, parse_script_args, setup_logging
 from training_mm.splits import check_splits, load_splits
@@ -139,6 +141,7 @@ def main(argv=None):
         dataset_type=dataset_type,
         dataset_split=held_out,
         evaluation_note=gallery.note,
+        evaluation_protocol=PROTOCOL,
         hyperparameters={
             "teacher": distill_args.teacher_name_or_path,
             "student": f"{distill_args.student_preset} preset widths at the teacher's input sizes",

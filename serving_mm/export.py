@@ -4,11 +4,14 @@
 length), checks each against PyTorch with ONNX Runtime (max abs difference of the embeddings) and prints the
 figures; for a captioner it also writes its encoders and decoder step (`serving_mm.export_captioner`) and checks that
 greedy decoding from them writes PyTorch's tokens. `mm-serve CHECKPOINT --backend onnx` then serves them.
+`mm-export CHECKPOINT --int8` also writes their int8 version (`quantize_onnx_int8`, ONNX Runtime's dynamic
+quantization) to `<checkpoint>/onnx-int8/` and prints its agreement with PyTorch, for `--backend onnx-int8`.
 `quantize_int8` is PyTorch's dynamic quantization of every `nn.Linear` (int8 weights, activations quantized per
 batch); `mm-serve --backend int8` applies it at load.
 """
 
 import argparse
+import copy
 import logging
 from pathlib import Path
 
@@ -105,23 +108,34 @@ def export_onnx(model, output_dir, towers=TOWERS) -> dict[str, float]:
 
 def onnx_parity(module, path, inputs: dict[str, torch.Tensor]) -> float:
     """Max abs difference between `module(**inputs)` in PyTorch and the ONNX file at `path` in ONNX Runtime."""
+    expected, actual = _both_outputs(module, path, inputs)
+    return float(np.abs(actual - expected).max())
+
+
+def _both_outputs(module, path, inputs: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         expected = module(*inputs.values()).numpy()
-    actual = session.run(None, {name: value.numpy() for name, value in inputs.items()})[0]
-    return float(np.abs(actual - expected).max())
+    return expected, session.run(None, {name: value.numpy() for name, value in inputs.items()})[0]
+
+
+def onnx_cosine(module, path, inputs: dict[str, torch.Tensor]) -> float:
+    """The lowest cosine between `module(**inputs)`'s embeddings in PyTorch and the ONNX file's at `path`."""
+    expected, actual = _both_outputs(module, path, inputs)
+    norms = np.linalg.norm(expected, axis=1) * np.linalg.norm(actual, axis=1)
+    return float(np.min(np.sum(expected * actual, axis=1) / norms))
 
 
 def quantize_int8(model):
-    """The model with every `nn.Linear` replaced by PyTorch's dynamically quantized int8 linear (weights stored in
-    int8 with a per-tensor scale; activations quantized on the fly), for CPU inference. Returns a new model.
+    """A copy of `model` with every `nn.Linear` replaced by PyTorch's dynamically quantized int8 linear (int8 weights
+    with a per-tensor scale; activations quantized on the fly), for CPU inference.
 
-    torchao's int8 weight-only API targets GPUs and torch.compile; PyTorch's own dynamic quantization is the one that
-    runs (and speeds up) eager CPU inference with the fbgemm/qnnpack kernels.
+    Chosen over torchao's int8 weight-only quantization by measurement: both keep cosine >= 0.9999 and recall on a
+    trained checkpoint, but torchao's ran 12-53% slower on CPU in eager mode, and its int8-activation variant 10-20x
+    slower (README, "Serving, search and export"; benchmarks/bench_export.py).
     """
-    import copy
     import warnings
 
     with warnings.catch_warnings():
@@ -133,17 +147,40 @@ def quantize_int8(model):
         return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
 
 
-def int8_weight_bytes(model) -> int:
-    """Bytes of the parameters and packed int8 weights of a model from `quantize_int8` (its in-memory size; a
-    quantized module has no safetensors form, so the server quantizes the fp32 checkpoint at load time)."""
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
-
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    for module in model.modules():
-        if isinstance(module, DynamicInt8Linear):
-            bias = module.bias()
-            total += module.weight().int_repr().numel() + (0 if bias is None else bias.numel() * bias.element_size())
+def model_bytes(model) -> int:
+    """Bytes of a model's parameters in memory, int8 weights counted at one byte each (with their scales for torchao's
+    int8 tensors): the size of a model from `quantize_int8`, which has no safetensors form (the server quantizes the
+    fp32 checkpoint at load time)."""
+    total = 0
+    for parameter in model.parameters():
+        parts = [getattr(parameter, name) for name in ("qdata", "scale") if hasattr(parameter, name)] or [parameter]
+        total += sum(part.numel() * part.element_size() for part in parts)
+    for module in model.modules():  # PyTorch's dynamic int8 linears keep their weights outside parameters()
+        packed = getattr(module, "_packed_params", None)
+        if packed is not None and hasattr(packed, "_weight_bias"):
+            weight, bias = packed._weight_bias()
+            total += weight.int_repr().numel() + (0 if bias is None else bias.numel() * bias.element_size())
     return total
+
+
+def quantize_onnx_int8(onnx_dir, output_dir) -> list[Path]:
+    """Writes every `.onnx` file of `onnx_dir` (the towers, the captioner's encoders and decoder step) to
+    `output_dir` with ONNX Runtime's dynamic quantization (`quantize_dynamic`: int8 weights of the MatMul and Gemm
+    nodes, activations quantized per call); returns the written paths. `mm-serve --backend onnx-int8` runs them."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    root, level = logging.getLogger(), logging.getLogger().level
+    root.setLevel(logging.ERROR)  # the quantizer logs a line per tensor it leaves in fp32, on the root logger
+    try:
+        for path in sorted(Path(onnx_dir).glob("*.onnx")):
+            quantize_dynamic(path, output_dir / path.name, weight_type=QuantType.QInt8)
+            written.append(output_dir / path.name)
+    finally:
+        root.setLevel(level)
+    return written
 
 
 def main(argv=None):
@@ -158,6 +195,10 @@ def main(argv=None):
         "--towers", nargs="+", choices=(*TOWERS, "captioner"),
         help="what to export (default: the three towers, and for a captioner checkpoint its encoders and decoder step)",
     )  # fmt: skip
+    parser.add_argument(
+        "--int8", action="store_true",
+        help="also write the files quantized to int8 by ONNX Runtime to OUTPUT_DIR-int8 (default CHECKPOINT/onnx-int8)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     is_captioner = CAPTIONER in _architectures(args.checkpoint)
@@ -170,18 +211,43 @@ def main(argv=None):
     for tower, difference in differences.items():
         size = (output_dir / f"{tower}.onnx").stat().st_size / 1e6
         print(f"{tower:>5}: {output_dir / f'{tower}.onnx'} ({size:.1f} MB), max abs diff vs PyTorch {difference:.2e}")
+    examples = {modality: example_inputs(model.config, modality) for modality in ("image", "audio")}
     if "captioner" in towers:
         from .export_captioner import STEP_FILE, export_captioner
 
         # Random media: the check is that ONNX Runtime and PyTorch write the same tokens, not good captions.
-        examples = {modality: example_inputs(model.config, modality) for modality in ("image", "audio")}
         mismatches = export_captioner(model, output_dir, examples)
         size = (output_dir / STEP_FILE).stat().st_size / 1e6
         checked = ", ".join(f"{len(examples[m][next(iter(examples[m]))])} {m}" for m in mismatches)
         print(f"captioner: {output_dir / STEP_FILE} ({size:.1f} MB) and the encoders; greedy captions of {checked} "
               "inputs identical to PyTorch's, token for token")  # fmt: skip
         differences["captioner"] = sum(mismatches.values())
+    if args.int8:
+        differences.update(_write_int8(model, output_dir, towers, examples))
     return differences
+
+
+def _write_int8(model, output_dir: Path, towers, examples) -> dict[str, float]:
+    """`mm-export --int8`: the int8 files and what they keep of PyTorch's fp32 outputs (printed; nothing is refused,
+    since int8 is expected to differ a little): the towers' minimum cosine, the captioner's caption agreement."""
+    int8_dir = output_dir.with_name(f"{output_dir.name}-int8")
+    quantize_onnx_int8(output_dir, int8_dir)
+    kept = {}
+    for tower in (tower for tower in towers if tower in TOWERS):
+        path = int8_dir / f"{tower}.onnx"
+        inputs = example_inputs(model.config, tower, batch=3, length=11)
+        kept[f"{tower}-int8"] = onnx_cosine(TowerEmbedding(model, tower).eval(), path, inputs)
+        size = path.stat().st_size / 1e6
+        print(f"{tower:>5}: {path} ({size:.1f} MB), min cosine vs PyTorch {kept[f'{tower}-int8']:.4f}")
+    if "captioner" in towers:
+        from .export_captioner import caption_agreement
+
+        for modality, (differing, agreement) in caption_agreement(model, int8_dir, examples).items():
+            kept[f"captioner-{modality}-int8"] = agreement
+            total = len(next(iter(examples[modality].values())))
+            print(f"captioner int8 ({modality}): {total - differing} of {total} greedy captions identical to PyTorch's "
+                  f"fp32 ones, {agreement:.1%} of their tokens")  # fmt: skip
+    return kept
 
 
 if __name__ == "__main__":

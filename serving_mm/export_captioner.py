@@ -128,18 +128,41 @@ def export_captioner(model, output_dir, examples: dict[str, dict[str, torch.Tens
             DecoderStep(model), step_inputs, shapes, ["logits", *past_names(config.num_hidden_layers, "present")],
             output_dir / STEP_FILE,
         )  # fmt: skip
-    captioner = OnnxCaptioner(output_dir, model.generation_config)
-    mismatches = {}
-    for modality, inputs in examples.items():
-        expected = model.generate(**inputs, do_sample=False, num_beams=1).numpy()
-        actual = captioner.generate(modality, *(value.numpy() for value in inputs.values()))
-        mismatches[modality] = _count_mismatches(expected, actual)
-        if mismatches[modality]:
+    agreement = caption_agreement(model, output_dir, examples)
+    for modality, (differing, _) in agreement.items():
+        if differing:
             raise RuntimeError(
-                f"Greedy decoding from the exported decoder step wrote {mismatches[modality]} of {len(expected)} "
-                f"{modality} captions differently from PyTorch:\n{expected}\nvs\n{actual}"
+                f"Greedy decoding from the exported decoder step wrote {differing} of "
+                f"{len(next(iter(examples[modality].values())))} {modality} captions differently from PyTorch."
             )
-    return mismatches
+    return {modality: differing for modality, (differing, _) in agreement.items()}
+
+
+def caption_agreement(model, folder, examples: dict[str, dict[str, torch.Tensor]]) -> dict[str, tuple[int, float]]:
+    """Greedy-decodes `examples` (per modality, the processor's media inputs) with `model` in PyTorch and with the
+    files in `folder` (`export_captioner`'s, or their int8 version from `serving_mm.export.quantize_onnx_int8`) in
+    ONNX Runtime. Returns, per modality, `token_agreement` of the two."""
+    captioner = OnnxCaptioner(folder, model.generation_config)
+    agreement = {}
+    with torch.no_grad():
+        for modality, inputs in examples.items():
+            expected = model.generate(**inputs, do_sample=False, num_beams=1).numpy()
+            actual = captioner.generate(modality, *(value.numpy() for value in inputs.values()))
+            agreement[modality] = token_agreement(expected, actual, captioner.pad)
+    return agreement
+
+
+def token_agreement(expected: np.ndarray, actual: np.ndarray, pad: int) -> tuple[int, float]:
+    """(How many rows of two greedy generations (B, 1 + new tokens) differ, the fraction of generated positions whose
+    tokens agree, over the positions where either row has a token other than `pad`)."""
+    width = max(expected.shape[1], actual.shape[1])  # rows that stop earlier are padded, as generate pads them
+    expected, actual = (
+        np.pad(tokens, ((0, 0), (0, width - tokens.shape[1])), constant_values=pad) for tokens in (expected, actual)
+    )
+    differing = int((expected != actual).any(axis=1).sum())
+    generated = (expected[:, 1:] != pad) | (actual[:, 1:] != pad)
+    agree = (expected[:, 1:] == actual[:, 1:])[generated]
+    return differing, float(agree.mean()) if agree.size else 1.0
 
 
 class OnnxCaptioner:
@@ -220,12 +243,6 @@ def _by_parameter(module, shapes: dict):
     parameters = list(inspect.signature(module.forward).parameters)
     values = list(shapes.values())
     return {parameter: value for parameter, value in zip(parameters, values)}
-
-
-def _count_mismatches(expected: np.ndarray, actual: np.ndarray) -> int:
-    if expected.shape != actual.shape:
-        return len(expected)
-    return int((expected != actual).any(axis=1).sum())
 
 
 def _onnx_dtype(array: np.ndarray) -> np.ndarray:

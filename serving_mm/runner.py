@@ -1,10 +1,10 @@
 """What the server runs: one loaded mm checkpoint behind a small interface (embed texts, images or audio; caption).
 
 `load_runner(path)` loads a local folder or a Hub id written by `examples/run_clip.py` or `run_captioning.py`, in
-PyTorch fp32, PyTorch with int8 dynamic quantization of its linear layers, or ONNX Runtime on towers exported by
-`serving_mm.export`. Every backend takes decoded media (strings, RGB PIL images, 1-D float waveforms at the
-processor's rate) and returns L2-normalised float32 numpy embeddings, so the server, the index builder and the
-benchmarks share one code path.
+PyTorch fp32, PyTorch with int8 dynamic quantization of its linear layers, or ONNX Runtime on the
+files `serving_mm.export` wrote (fp32, or their int8 version from `mm-export --int8`). Every backend takes decoded
+media (strings, RGB PIL images, 1-D float waveforms at the processor's rate) and returns L2-normalised float32 numpy
+embeddings, so the server, the index builder and the benchmarks share one code path.
 """
 
 import json
@@ -22,7 +22,8 @@ from .export_captioner import OnnxCaptioner
 
 logger = logging.getLogger("mm-serve")
 
-BACKENDS = ("torch", "int8", "onnx")
+BACKENDS = ("torch", "int8", "onnx", "onnx-int8")
+ONNX_BACKENDS = ("onnx", "onnx-int8")  # each runs the files in the checkpoint's subfolder of its name
 CAPTIONER = "MMForConditionalGeneration"
 
 
@@ -133,7 +134,8 @@ class OnnxRunner(TorchRunner):
             self.onnx_captioner = OnnxCaptioner(onnx_dir, self.captioner.generation_config)
         if not self.sessions and self.onnx_captioner is None:
             raise FileNotFoundError(
-                f"No exported tower in {onnx_dir}: run `mm-export {Path(onnx_dir).parent}` first."
+                f"No exported tower in {onnx_dir}: run `mm-export {Path(onnx_dir).parent}"
+                f"{' --int8' if Path(onnx_dir).name == 'onnx-int8' else ''}` first."
             )
         self.onnx_towers = sorted(self.sessions) + (["captioner"] if self.onnx_captioner is not None else [])
         logger.info("ONNX Runtime runs the %s tower(s); PyTorch runs the rest.", ", ".join(self.onnx_towers))
@@ -189,8 +191,9 @@ def load_runner(checkpoint: str, backend: str = "torch", max_new_tokens: int | N
     Args:
         checkpoint: what `from_pretrained` takes; an `MMForConditionalGeneration` checkpoint (its config's
             `architectures`) is loaded as a captioner, anything else as an `MMModel`.
-        backend: "torch" (fp32), "int8" (PyTorch dynamic int8 quantization of every linear layer) or "onnx"
-            (the towers in `<checkpoint>/onnx/`, from `mm-export`).
+        backend: "torch" (fp32), "int8" (PyTorch dynamic int8 quantization of every linear layer), "onnx"
+            (the files in `<checkpoint>/onnx/`, from `mm-export`) or "onnx-int8" (`<checkpoint>/onnx-int8/`, from
+            `mm-export --int8`).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {BACKENDS}.")
@@ -202,13 +205,16 @@ def load_runner(checkpoint: str, backend: str = "torch", max_new_tokens: int | N
     processor = load_processor(checkpoint, config=model.config)  # this package's classes, not the saved remote code
     if backend == "int8":
         return Int8Runner(model, processor, max_new_tokens)
-    if backend == "onnx":
+    if backend in ONNX_BACKENDS:
         folder = Path(checkpoint)
         if not folder.is_dir():
             raise ValueError(
-                f"backend='onnx' needs a local checkpoint folder with an onnx/ subfolder, got {checkpoint!r}."
+                f"backend={backend!r} needs a local checkpoint folder with an {backend}/ subfolder, "
+                f"got {checkpoint!r}."
             )
-        return OnnxRunner(model, processor, folder / "onnx", max_new_tokens)
+        runner = OnnxRunner(model, processor, folder / backend, max_new_tokens)
+        runner.backend = backend
+        return runner
     return TorchRunner(model, processor, max_new_tokens)
 
 
@@ -229,7 +235,7 @@ def _task_runner(checkpoint: str, backend: str):
         if kind is None:
             return None
         load = kinds[kind]
-    if backend == "onnx" or (backend == "int8" and load is None):
+    if backend in ONNX_BACKENDS or (backend == "int8" and load is None):
         raise ValueError(
             f"backend={backend!r} is not available for a {kind} checkpoint ({checkpoint}); serve it with "
             f"--backend torch{'' if load is None else ' or int8'}."

@@ -2,7 +2,7 @@
 
     mm-serve outputs/run_clip-small --port 8000
     mm-serve outputs/run_clip-small --index outputs/photos-index        # + /search and the search page
-    mm-serve outputs/run_clip-small --backend int8                      # or onnx, after `mm-export`
+    mm-serve outputs/run_clip-small --backend int8                      # or onnx / onnx-int8, after `mm-export`
 """
 
 import argparse
@@ -18,7 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--index", help="an index folder written by `mm-index build`, for /search and the page")
-    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="torch (fp32), int8, or onnx (mm-export)")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="torch",
+        help="torch (fp32), int8, onnx (mm-export) or onnx-int8 (mm-export --int8)",
+    )
     parser.add_argument("--max_batch_size", type=int, default=32, help="items per model call; 1 turns batching off")
     parser.add_argument("--max_wait_ms", type=float, default=5.0, help="the longest a request waits for a batch")
     parser.add_argument("--max_queue", type=int, default=256, help="waiting requests beyond this get 503")

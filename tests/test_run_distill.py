@@ -6,12 +6,14 @@ import json
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from testers import TINY_RUN, tiny_processor
 
 import run_distill
 from configuration_mm import MMConfig
 from modeling_mm import MMModel
 from modeling_mm.modeling_mm import MMOutput
+from training_mm.retrieval import PROTOCOL
 from training_mm.distillation import distillation_loss
 
 
@@ -59,5 +61,11 @@ def test_example_distills_a_smaller_student_and_reports_all_three(builtin_data, 
     assert student.config.vision_config.image_size == 32 and student.config.text_config.vocab_size == len(processor.tokenizer)
     results = json.loads((output_dir / "all_results.json").read_text())
     assert results["recall@1 text->image"] == pytest.approx(metrics["student recall@1 text->image"])
+    # The card's model-index holds the distilled student's figures, each naming the split and the protocol.
+    card = ModelCard.load(output_dir / "README.md")
+    reported = {result.metric_name: result.metric_value for result in card.data.eval_results}
+    distilled = {k.removeprefix("student "): v for k, v in metrics.items() if k.startswith("student ") and "->" in k}
+    assert reported == pytest.approx({k: v for k, v in distilled.items() if not k.startswith("without teacher")})
+    assert {(r.dataset_split, r.metric_config) for r in card.data.eval_results} == {("test", PROTOCOL)}
     with pytest.raises(FileExistsError, match="--overwrite_output_dir"):
         run_distill.main(argv)  # the output guard: refused before training
