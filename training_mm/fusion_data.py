@@ -5,32 +5,26 @@ caption) and `count` (regression: how many objects the image shows). Cached like
 
 import io
 import logging
-import shutil
 from functools import partial
 
 import numpy as np
-import soundfile as sf
 from datasets import Audio, Features, Image, Sequence, Value
 
-from .audio_decoding import SAMPLING_RATE
 from .synthetic_data import (
     COLOURS,
-    NO_ESPEAK_WARNING,
     NUMBERS,
-    PITCHES,
     POSITIONS,
     SHAPES,
-    SPEEDS,
     SPLITS,
-    VARIANTS,
     Scene,
-    choose,
+    audio_possible,
     build_cached,
     build_rows,
     caption_for,
+    choose,
     draw_scene,
     sample_scene,
-    speak,
+    spoken,
 )
 
 logger = logging.getLogger(__name__)
@@ -110,11 +104,7 @@ def make_fusion_example(index, *, split, seed, image_size, voices):
         "count": float(len(scene.objects) * scene.count),
     }
     if voices:
-        voice = choose(rng, voices) + choose(rng, VARIANTS)
-        wave = speak(caption, voice, int(rng.integers(*SPEEDS)), int(rng.integers(*PITCHES)))
-        audio = io.BytesIO()
-        sf.write(audio, wave, SAMPLING_RATE, format="WAV", subtype="PCM_16")
-        example["audio"] = {"bytes": audio.getvalue(), "path": f"{split}-{index:06d}.wav"}
+        example["audio"] = spoken(caption, rng, voices, f"{split}-{index:06d}.wav")
     return example
 
 
@@ -132,9 +122,7 @@ def build_fusion_dataset(
     >>> data["train"].column_names  # doctest: +SKIP
     ['image', 'caption', 'audio', 'match', 'colours', 'count']
     """
-    if with_audio and shutil.which("espeak-ng") is None:
-        logger.warning(NO_ESPEAK_WARNING)
-        with_audio = False
+    with_audio = audio_possible(with_audio)
     sizes = {"train": num_train, "validation": num_validation, "test": num_test}
     key = dict(
         tasks="fusion", version=FUSION_GENERATOR_VERSION, sizes=sizes, image_size=image_size, seed=seed, audio=with_audio

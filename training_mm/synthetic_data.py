@@ -242,12 +242,25 @@ def make_example(index, *, split, seed, image_size, voices):
     draw_scene(scene, rng, image_size).save(image, format="PNG")
     example["image"] = {"bytes": image.getvalue(), "path": None}
     if voices:  # drawn last, so images and captions do not depend on whether audio is made
-        voice = choose(rng, voices) + choose(rng, VARIANTS)
-        wave = speak(example["caption"], voice, int(rng.integers(*SPEEDS)), int(rng.integers(*PITCHES)))
-        audio = io.BytesIO()
-        sf.write(audio, wave, SAMPLING_RATE, format="WAV", subtype="PCM_16")
-        example["audio"] = {"bytes": audio.getvalue(), "path": f"{split}-{index:06d}.wav"}
+        example["audio"] = spoken(example["caption"], rng, voices, f"{split}-{index:06d}.wav")
     return example
+
+
+def spoken(caption, rng, voices, path):
+    """`caption` said by a voice, speed and pitch drawn from `rng`: the `audio` column's value (16 kHz WAV bytes)."""
+    voice = choose(rng, voices) + choose(rng, VARIANTS)
+    wave = speak(caption, voice, int(rng.integers(*SPEEDS)), int(rng.integers(*PITCHES)))
+    audio = io.BytesIO()
+    sf.write(audio, wave, SAMPLING_RATE, format="WAV", subtype="PCM_16")
+    return {"bytes": audio.getvalue(), "path": path}
+
+
+def audio_possible(with_audio):
+    """`with_audio`, unless espeak-ng is missing (then False, with a warning saying how to install it)."""
+    if with_audio and shutil.which("espeak-ng") is None:
+        logger.warning(NO_ESPEAK_WARNING)
+        return False
+    return with_audio
 
 
 def build_synthetic_dataset(
@@ -265,9 +278,7 @@ def build_synthetic_dataset(
     >>> data["train"][0]["caption"]  # doctest: +SKIP
     'a picture of a small green circle at the top'
     """
-    if with_audio and shutil.which("espeak-ng") is None:
-        logger.warning(NO_ESPEAK_WARNING)
-        with_audio = False
+    with_audio = audio_possible(with_audio)
     sizes = {"train": num_train, "validation": num_validation, "test": num_test}
     key = dict(version=GENERATOR_VERSION, sizes=sizes, image_size=image_size, seed=seed, audio=with_audio)
 
