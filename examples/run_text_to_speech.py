@@ -5,18 +5,17 @@ waveform. The saved folder speaks with `pipeline("text-to-speech", model=folder,
 
 With no arguments it starts from `outputs/run_clip-small` (trained first by run_clip.py when missing), trains on the
 built-in data with `Trainer`, and prints, for held-out test captions, the mel-cepstral distortion of the generated
-clips against the espeak-ng references and audio->text retrieval recall by the contrastive model (and, with
---captioner_name_or_path, the WER of a speech-to-text mm captioner's transcripts), each next to the real clips (the
-ceiling) and to noise and silence (the floor); it writes WAV samples and the model folder to
-outputs/run_text_to_speech:
+clips against the espeak-ng references, audio->text retrieval recall by the contrastive model and the WER of a
+speech-to-text mm captioner's transcripts (`outputs/run_captioning-audio`, trained first by run_captioning.py on the
+contrastive model's towers when missing), each next to the real clips (the ceiling) and to noise and silence (the
+floor); it writes WAV samples and the model folder to outputs/run_text_to_speech:
 
     python examples/run_text_to_speech.py
-    python examples/run_captioning.py --modality audio --model_name_or_path outputs/run_clip-small \\
-        --output_dir outputs/run_captioning-audio                    # a captioner that transcribes the spoken captions
-    python examples/run_text_to_speech.py --captioner_name_or_path outputs/run_captioning-audio
+    python examples/run_text_to_speech.py --captioner_name_or_path none          # no WER (no captioner to train)
+    python examples/run_text_to_speech.py --captioner_name_or_path my_captioner  # run_captioning.py --modality audio
 
-WER is an option of this script rather than a benchmark of its own because it scores the clips the script has just
-generated, next to MCD and recall on the same clips; it is optional because training the captioner takes minutes.
+WER is part of this script rather than a benchmark of its own because it scores the clips the script has just
+generated, next to MCD and recall on the same clips.
 
 `main(argv)` is importable and returns the measured metrics.
 """
@@ -37,7 +36,7 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 from configuration_mm import MMConfig, MMSpeechConfig
 from modeling_mm import MMForConditionalGeneration, MMForTextToSpeech, MMModel
 from training_mm.captioning import generate_captions
-from training_mm.default_checkpoint import ensure_checkpoint
+from training_mm.default_checkpoint import DEFAULT_CAPTIONER, ensure_captioner, ensure_checkpoint
 from training_mm.output_folder import check_output_dir
 from training_mm.processors import load_processor
 from training_mm.data_workers import dataloader_workers
@@ -57,10 +56,11 @@ class ModelArguments(GenerationArguments):
     speech-to-text captioner that measures the WER."""
 
     train_text_model: bool = field(default=False, metadata={"help": "Train the text tower too (default: frozen)."})
-    captioner_name_or_path: str | None = field(
-        default=None,
+    captioner_name_or_path: str = field(
+        default=DEFAULT_CAPTIONER,
         metadata={"help": "An mm speech-to-text captioner (run_captioning.py --modality audio) that transcribes the "
-                          "generated, real, noise and silent clips for their WER (jiwer)."},
+                          "generated, real, noise and silent clips for their WER (jiwer). The default is trained by "
+                          "run_captioning.py on the judge's towers if missing; `none` skips the WER."},
     )
     hidden_size: int = 192
     num_hidden_layers: int = 3
@@ -99,6 +99,9 @@ def main(argv=None):
     judge_path = ensure_checkpoint(model_args.judge_path(), data_args)
     judge = MMModel.from_pretrained(judge_path).eval()
     judge_processor = load_processor(judge_path, judge.config)
+    captioner_path = None
+    if model_args.captioner_name_or_path.lower() != "none":
+        captioner_path = ensure_captioner(model_args.captioner_name_or_path, judge_path, data_args)
     processor = load_processor(path, MMConfig.from_pretrained(path))
     splits, dataset_name, _ = load_splits(data_args, training_args, judge.config.vision_config.image_size)
     if "audio" not in splits["train"].column_names:
@@ -127,7 +130,7 @@ def main(argv=None):
     if training_args.should_save:
         held_out = "test" if "test" in splits else "validation"
         rows = list(islice(splits[held_out], model_args.num_eval_prompts))
-        measured, clips = evaluate(model, processor, judge, judge_processor, rows, model_args)
+        measured, clips = evaluate(model, processor, judge, judge_processor, rows, captioner_path)
         metrics.update(measured)
         print(format_report(measured, len(rows), held_out))
         model.save_pretrained(output_dir)
@@ -163,7 +166,7 @@ def word_error_rate(captions, transcripts):
 
 
 @torch.no_grad()
-def evaluate(model, processor, judge, judge_processor, rows, model_args):
+def evaluate(model, processor, judge, judge_processor, rows, captioner_path=None):
     """MCD against the references, audio->text recall by the judge and (with a captioner) WER, for the generated
     clips, the real clips, and noise and silence of the same length (noise as loud as the real clip): the real clips
     are the ceiling the generated ones are read against, noise and silence the floor."""
@@ -178,9 +181,9 @@ def evaluate(model, processor, judge, judge_processor, rows, model_args):
         "silence": [np.zeros_like(r) for r in real],
     }
     captioner = None
-    if model_args.captioner_name_or_path:
-        captioner = MMForConditionalGeneration.from_pretrained(model_args.captioner_name_or_path).to(model.device)
-        captioner_processor = load_processor(model_args.captioner_name_or_path, captioner.config)
+    if captioner_path:
+        captioner = MMForConditionalGeneration.from_pretrained(captioner_path).to(model.device)
+        captioner_processor = load_processor(captioner_path, captioner.config)
     judge = judge.to(model.device)
 
     def log_mel(wave):

@@ -148,6 +148,26 @@ def test_example_trains_measures_and_writes_samples(builtin_data, tmp_path, caps
     assert (output_dir / "modeling_mm_speech.py").is_file() and (output_dir / "tokenizer.json").is_file()
 
 
+def test_the_default_captioner_is_trained_on_the_judges_towers_only_when_missing(tmp_path, monkeypatch):
+    from training_mm import default_checkpoint
+    from training_mm.script_arguments import DataArguments
+
+    runs = []
+    monkeypatch.setattr(default_checkpoint, "_run_example", lambda name, argv: runs.append((name, argv)))
+    monkeypatch.chdir(tmp_path)
+    data_args = DataArguments(num_train_samples=48, num_eval_samples=16)
+    default = default_checkpoint.DEFAULT_CAPTIONER
+    assert default_checkpoint.ensure_captioner(default, "judge", data_args) == default
+    assert len(runs) == 1 and runs[0][0] == "run_captioning"
+    argv = runs[0][1]
+    assert argv[argv.index("--modality") + 1] == "audio" and argv[argv.index("--model_name_or_path") + 1] == "judge"
+    assert argv[argv.index("--output_dir") + 1] == default and argv[argv.index("--num_train_samples") + 1] == "48"
+    (tmp_path / default).mkdir(parents=True)  # there now: used as it is
+    assert default_checkpoint.ensure_captioner(default, "judge", data_args) == default and len(runs) == 1
+    # Any other path is the user's: never trained, even when missing (loading it then names it).
+    assert default_checkpoint.ensure_captioner("elsewhere", "judge", data_args) == "elsewhere" and len(runs) == 1
+
+
 def test_word_error_rate_counts_word_edits_over_all_reference_words():
     captions = ["a red circle on the left", "two blue stars"]
     # One substitution in the first caption; the second transcript is empty (its three words lost): 4 edits, 9 words.
