@@ -116,11 +116,13 @@ def test_example_trains_measures_and_saves_a_pipeline(builtin_data, tmp_path, ca
         ["--text_model_name_or_path", str(base), "--num_train_samples", str(NUM_TRAIN),
          "--num_eval_samples", str(NUM_EVAL), "--max_steps", "4", "--per_device_train_batch_size", "16",
          "--unet_channels", "8,16", "--num_inference_steps", "2", "--num_eval_prompts", "4",
-         "--guidance_scales", "1,3", "--output_dir", str(output_dir)]
+         "--guidance_scales", "1,3", "--logging_steps", "2", "--report_to", "tensorboard",
+         "--output_dir", str(output_dir)]
     )  # fmt: skip
     for row in ("real", "noise", "guidance 1", "guidance 3"):
         assert {f"{row} colour accuracy", f"{row} shape accuracy", f"{row} fid", f"{row} kid"} <= set(metrics)
     assert "colour acc" in capsys.readouterr().out
+    assert list((output_dir / "runs").rglob("events.out.tfevents.*"))  # the training loss reached TensorBoard
     assert {"model_index.json", "samples.png", "all_results.json", "pipeline_mm_text_to_image.py"} <= {
         p.name for p in output_dir.iterdir()
     }
