@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from diffusers import DDIMScheduler
+from diffusers import DDPMScheduler
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -77,7 +77,7 @@ class TextToImageArguments:
     drop_prompt_probability: float = field(
         default=0.1, metadata={"help": "Share of captions replaced by '' in training (classifier-free guidance)."}
     )
-    num_inference_steps: int = field(default=25, metadata={"help": "DDIM steps when evaluating."})
+    num_inference_steps: int = field(default=25, metadata={"help": "Sampling steps (DDPM, ancestral) when evaluating."})
     guidance_scales: str = field(default="1,3,7", metadata={"help": "Guidance scales evaluated, comma-separated."})
     logging_steps: int = 20
     report_to: str = field(
@@ -117,11 +117,13 @@ def main(argv=None):
         generator=torch.Generator().manual_seed(args.seed),
     )
 
-    # 4. The pipeline: a new UNet, a DDIM scheduler (cosine noise schedule), the frozen text tower.
+    # 4. The pipeline: a new UNet, a DDPM scheduler (cosine noise schedule), the frozen text tower. DDPM's ancestral
+    # sampling, not DDIM's deterministic one, because at 25 steps the briefly trained UNet's images from DDIM (and
+    # DPM-Solver++) keep visible noise, from DDPM they are clean shapes of the asked colour (docs/design.md).
     unet = build_text_to_image_unet(
         text_model.config.hidden_size, model_args.image_size, [int(c) for c in model_args.unet_channels.split(",")]
     )
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     text_model.requires_grad_(False).eval()
     pipe = MMTextToImagePipeline(unet=unet, scheduler=scheduler, text_encoder=text_model, tokenizer=processor.tokenizer)
     pipe.set_progress_bar_config(disable=True)
@@ -262,7 +264,7 @@ def format_report(metrics, split, dataset_name, args, num_prompts):
     order = ["real", "noise"] + [f"guidance {float(s):g}" for s in args.guidance_scales.split(",")]
     lines = [
         f"{num_prompts} (at most) single-object scenes of {dataset_name!r} {split}, "
-        f"{args.num_inference_steps} DDIM steps; judge: zero-shot over 36 'a {{colour}} {{shape}}' captions; FID/KID "
+        f"{args.num_inference_steps} DDPM steps; judge: zero-shot over 36 'a {{colour}} {{shape}}' captions; FID/KID "
         "on the judge's image embeddings (not Inception: not comparable to published FID):",
         f"{'images':<14}{'colour acc':>12}{'shape acc':>12}{'both':>8}{'FID':>10}{'KID':>10}",
     ]

@@ -1,7 +1,7 @@
 """Text-to-image with diffusers, conditioned on mm's text tower: `MMTextToImagePipeline`.
 
 A pixel-space `UNet2DConditionModel` predicts the noise of an image, cross-attending to the token hidden states of an
-mm text tower (`MMTextModel`, usually frozen); a diffusers scheduler (DDPM to train, DDIM or any other to sample) runs
+mm text tower (`MMTextModel`, usually frozen); a diffusers scheduler (DDPM to train and sample; any other can sample) runs
 the chain. Classifier-free guidance (Ho & Salimans, 2022) uses the empty prompt as the unconditional input, which is
 what training drops captions to (`build_text_to_image_unet`, `diffusion_loss`).
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDPMScheduler
 from testers import NUM_EVAL, NUM_TRAIN, run_clean, save_tiny_base, tiny_tokenizer
 
 import run_text_to_image
@@ -20,7 +20,7 @@ def tiny_pipeline(seed=0):
     torch.manual_seed(seed)
     text_encoder = MMTextModel(MMConfig.from_preset("tiny", text_config={"vocab_size": len(tokenizer)}).text_config)
     unet = build_text_to_image_unet(32, image_size=16, channels=(8, 16))
-    scheduler = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2")
+    scheduler = DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2")
     pipe = MMTextToImagePipeline(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
     pipe.set_progress_bar_config(disable=True)
     return pipe
