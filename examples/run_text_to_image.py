@@ -71,7 +71,7 @@ class TextToImageArguments:
     seed: int = 0
     learning_rate: float = 1e-3
     per_device_train_batch_size: int = 64
-    num_train_epochs: float = 7.0  # 329 steps of 64: ~13 min on 2 idle CPU cores
+    num_train_epochs: float = 7.0  # 329 steps of 64: ~15 min on 2 idle CPU cores
     max_steps: int = field(default=-1, metadata={"help": "Optimizer steps; overrides --num_train_epochs if > 0."})
     warmup_steps: int = 50
     drop_prompt_probability: float = field(

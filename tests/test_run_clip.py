@@ -19,6 +19,7 @@ from testers import (
     TINY_RUN,
     record_meta_controllers,
     run_clean,
+    tensorboard_scalars,
     tiny_processor,
     tiny_tokenizer,
     write_folder,
@@ -344,15 +345,9 @@ def test_resume_needs_a_checkpoint(builtin_data, tmp_path):
 def test_meta_controller_values_reach_tensorboard(builtin_data, tmp_path):
     """With `--report_to tensorboard`, the meta-controller's `meta_*` values are plotted next to the loss at every
     logging step: the controller runs before the reporting callbacks, which Trainer would otherwise call first."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     output_dir = tmp_path / "out"
     run_clip.main([*TINY, "--meta_controller", "--report_to", "tensorboard", "--output_dir", str(output_dir)])
-    scalars = {}
-    for folder in {path.parent for path in (output_dir / "runs").rglob("events.out.tfevents.*")}:
-        events = EventAccumulator(str(folder))
-        events.Reload()
-        scalars.update({tag: events.Scalars(tag) for tag in events.Tags()["scalars"]})
+    scalars = tensorboard_scalars(output_dir / "runs")
     assert [event.step for event in scalars["train/loss"]] == [1, 2, 3]
     multipliers = scalars.get("train/meta_lr_multiplier", [])
     assert [event.step for event in multipliers] == [1, 2, 3], f"no meta_lr_multiplier in {sorted(scalars)}"

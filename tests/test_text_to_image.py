@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
-from testers import NUM_EVAL, NUM_TRAIN, run_clean, save_tiny_base, tiny_tokenizer
+from testers import NUM_EVAL, NUM_TRAIN, run_clean, save_tiny_base, tensorboard_scalars, tiny_tokenizer
 
 import run_text_to_image
 from configuration_mm import MMConfig
@@ -122,7 +122,10 @@ def test_example_trains_measures_and_saves_a_pipeline(builtin_data, tmp_path, ca
     for row in ("real", "noise", "guidance 1", "guidance 3"):
         assert {f"{row} colour accuracy", f"{row} shape accuracy", f"{row} fid", f"{row} kid"} <= set(metrics)
     assert "colour acc" in capsys.readouterr().out
-    assert list((output_dir / "runs").rglob("events.out.tfevents.*"))  # the training loss reached TensorBoard
+    scalars = tensorboard_scalars(output_dir / "runs")  # the training loss and rate, every --logging_steps steps
+    assert [event.step for event in scalars["train/loss"]] == [2, 4]
+    assert all(np.isfinite(event.value) and event.value > 0 for event in scalars["train/loss"])
+    assert [event.step for event in scalars["train/learning_rate"]] == [2, 4]
     assert {"model_index.json", "samples.png", "all_results.json", "pipeline_mm_text_to_image.py"} <= {
         p.name for p in output_dir.iterdir()
     }

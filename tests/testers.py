@@ -110,6 +110,18 @@ TINY_RUN = [
 ]  # fmt: skip
 
 
+def tensorboard_scalars(runs_folder) -> dict:
+    """{tag: [ScalarEvent(wall_time, step, value)]} of every TensorBoard events file under `runs_folder`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = {}
+    for folder in {path.parent for path in Path(runs_folder).rglob("events.out.tfevents.*")}:
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        scalars.update({tag: events.Scalars(tag) for tag in events.Tags()["scalars"]})
+    return scalars
+
+
 def save_tiny_base(folder, model_class=None):
     """A tiny untrained mm checkpoint with its processor, the way run_clip.py leaves one."""
     import torch

@@ -32,7 +32,7 @@ def ensure_captioner(path, towers, data_args):
         return path
     logger.info(
         "%s does not exist: training it with examples/run_captioning.py --modality audio --model_name_or_path %s "
-        "first (about 10 min on 2 CPU cores).", path, towers,
+        "first (about 7 min on 2 CPU cores).", path, towers,
     )
     argv = ["--modality", "audio", "--model_name_or_path", towers, "--output_dir", path, *_data_sizes(data_args)]
     _run_example("run_captioning", argv)
